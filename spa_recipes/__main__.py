@@ -1,0 +1,3 @@
+from spa_recipes.cli import main
+
+main()

@@ -1,0 +1,65 @@
+"""Loading and saving models: one code path for a hub id, a local folder, and the tiny models of tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spa_recipes.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto`` is bfloat16 on a GPU that supports it and float32 elsewhere (bf16 is slow on CPU)."""
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return DTYPES[name]
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a model folder or hub id, with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load tokenizer '{path}': {str(exc).splitlines()[0]}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise UserError(f"tokenizer '{path}' has no chat template; SPA renders prompts with it")
+    return tokenizer
+
+
+def load_model(
+    path: str, dtype: str = "auto", device: torch.device | str | None = None, trust_remote_code: bool = False
+) -> Any:
+    """A causal LM from a hub id or a ``save_pretrained`` folder, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load model '{path}': {str(exc).splitlines()[0]}") from exc
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str]) -> None:
+    """``save_pretrained`` of model, tokenizer and generation config into ``out_dir``.
+
+    Writes into ``out_dir`` directly; callers make it atomic by writing to a temporary folder and renaming.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,167 @@
+"""The recipe schema: every section, every key, every default.
+
+A recipe is validated in two passes. Pydantic checks the sections (``extra="forbid"`` everywhere);
+then each component section (``{name: ..., **args}``) is looked up in the registry and its arguments
+are validated against that component's own config model. All problems of both passes are reported at
+once, each naming its dotted key. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+
+class ComponentSpec(BaseModel):
+    """A component section: ``name`` selects the registered component, the other keys are its arguments.
+
+    After validation ``args`` holds the component's validated config model (with every default).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="registered component name (see `spa-recipe ls`)")
+    _args: Any = PrivateAttr(default=None)
+
+    @property
+    def args(self) -> Any:
+        """The validated config model of the selected component (set by :func:`spa_recipes.recipe.load_recipe`)."""
+        if self._args is None:
+            raise RuntimeError(f"component '{self.name}' was not resolved against the registry")
+        return self._args
+
+    def raw_args(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def component(name: str, **defaults: Any) -> Any:
+    """Default factory for a component section."""
+    return Field(default_factory=lambda: ComponentSpec(name=name, **defaults))
+
+
+class RunSection(Section):
+    name: str = Field(description="run name; the run directory is <output_dir>/<name>")
+    output_dir: str = Field("runs", description="parent folder of run directories")
+    seed: int = Field(42, description="seed of the split, sampling and training")
+
+
+class ModelsSection(Section):
+    sft: str | None = Field(
+        None,
+        description="pi_init: hub id or local folder of the SFT model (judge reference and start of seed "
+        "DPO). Leave empty when an `sft` stage makes it from `base`.",
+    )
+    base: ComponentSpec | None = Field(None, description="model the `sft` stage fine-tunes (kind: model)")
+    tokenizer: str | None = Field(None, description="tokenizer folder or hub id, when not the model's own")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU that has it, float32 on CPU"
+    )
+    trust_remote_code: bool = False
+
+
+class SplitSection(Section):
+    seed_size: int | float = Field(
+        0.033, gt=0, description="labelled seed set: a fraction of the rows (< 1) or a count of pairs (>= 1)"
+    )
+    prompts_per_iteration: int | float | list[int | float] = Field(
+        description="prompt-only set of each iteration: counts, or fractions of the rows; one value or one "
+        "per iteration"
+    )
+    eval_holdout: int | float = Field(200, ge=0, description="evaluation prompts held out (count or fraction)")
+
+
+class TrainingSection(Section):
+    """Optimiser and batching for one training stage."""
+
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-7, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    batch_size: int = Field(8, gt=0, description="pairs (or sequences) per device per micro-batch")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    max_grad_norm: float | None = Field(1.0, description="gradient clipping; null turns it off")
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_length: int = Field(2048, gt=0, description="prompt + response tokens; responses are cut at the end")
+    max_prompt_length: int = Field(1024, gt=0, description="prompt tokens; prompts are cut at the start")
+    checkpoint_every: int = Field(0, ge=0, description="optimiser steps between checkpoints; 0: none")
+    keep_checkpoints: int = Field(2, gt=0, description="newest complete checkpoints kept")
+    nonfinite: Literal["fail", "skip_step"] = Field(
+        "fail", description="a NaN/inf loss or gradient: stop with an error, or skip the step and count it"
+    )
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> TrainingSection:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        return self
+
+
+class TrainingStages(Section):
+    sft: TrainingSection | None = Field(
+        None, description="supervised warm-up that makes pi_init from models.base; null: no sft stage"
+    )
+    seed: TrainingSection | None = Field(
+        default_factory=lambda: TrainingSection(epochs=3.0),
+        description="seed DPO on the labelled seed set; null: start the iterations from pi_init",
+    )
+    iteration: TrainingSection = Field(default_factory=TrainingSection, description="each SPA iteration")
+
+
+class EvaluationSection(Section):
+    evaluator: ComponentSpec | None = Field(None, description="pairwise evaluator (kind: evaluator); null: none")
+    baseline: Literal["sft"] = Field("sft", description="model every other model is compared with")
+    samples_per_prompt: int = Field(1, gt=0, description="responses per hold-out prompt and model")
+    temperature: float = Field(0.7, ge=0.0)
+    max_new_tokens: int | None = Field(None, description="default: generation.max_new_tokens")
+
+
+class LoggingSection(Section):
+    loggers: list[ComponentSpec] = Field(
+        default_factory=lambda: [ComponentSpec(name="jsonl")], description="kind: logger"
+    )
+
+
+class DistributedSection(Section):
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that has it, none on CPU"
+    )
+
+
+class Recipe(Section):
+    """A whole SPA experiment."""
+
+    run: RunSection
+    models: ModelsSection = Field(default_factory=ModelsSection)
+    data: ComponentSpec = Field(description="preference data source (kind: dataset)")
+    split: SplitSection
+    generation: ComponentSpec = component("hf")
+    judge: ComponentSpec = component("implicit")
+    pair_selector: ComponentSpec = component("min_max")
+    noise_detector: ComponentSpec = component("none")
+    refiner: ComponentSpec = component("none")
+    loss: ComponentSpec = component("dpo")
+    training: TrainingStages = Field(default_factory=TrainingStages)
+    iterations: int = Field(3, ge=0, description="SPA iterations T (paper 3, released script 2)")
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+
+
+# Which component kind each component section takes. One place for the mapping.
+COMPONENT_SECTIONS: dict[str, str] = {
+    "models.base": "model",
+    "data": "dataset",
+    "generation": "generator",
+    "judge": "judge",
+    "pair_selector": "pair_selector",
+    "noise_detector": "noise_detector",
+    "refiner": "refiner",
+    "loss": "loss",
+    "evaluation.evaluator": "evaluator",
+    "logging.loggers": "logger",
+}
