@@ -6,7 +6,7 @@ named as ``"module:attribute"`` and imported only when a run builds them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,6 +43,8 @@ class TinyLlamaConfig(ComponentConfig):
 
 class ToyWorldConfig(ComponentConfig):
     """The embedded synthetic world: prompts, demonstrations, human-like seed pairs and a gold preference."""
+
+    provides_demonstrations: ClassVar[bool] = True
 
     num_prompts: int = Field(2000, gt=0, description="distinct prompts the world offers for split")
     sft_demonstrations: int = Field(6000, ge=0, description="demonstrations for the sft stage")

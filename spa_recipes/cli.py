@@ -1,0 +1,130 @@
+"""The `spa-recipe` command line. Exit codes: 0 success, 2 user error, 1 internal error."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spa_recipes.errors import UserError
+from spa_recipes.paths import SHIPPED_RECIPES, find_shipped_recipe, shipped_recipes
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Spread Preference Annotation (SPA) as declarative, resumable recipes.",
+)
+_state = {"debug": False}
+
+RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", show_default=False)]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="overrides: key.sub=value, or ~key to delete", show_default=False)
+]
+AllowImportOpt = Annotated[
+    list[str] | None,
+    typer.Option("--allow-import", help="module prefix whose module:Class paths a recipe may name (repeatable)"),
+]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
+    _state["debug"] = debug
+
+
+@contextlib.contextmanager
+def _guard() -> Iterator[None]:
+    """User errors: one line per problem and exit 2. Anything else: exit 1 (traceback with --debug)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except UserError as exc:
+        if _state["debug"]:
+            raise
+        for line in exc.problems:
+            typer.secho(f"error: {line}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        typer.secho(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        raise typer.Exit(1) from None
+
+
+def _load(recipe: Path, overrides: list[str] | None, allow_import: list[str] | None):  # noqa: ANN202
+    from spa_recipes.recipe import load_recipe
+
+    return load_recipe(recipe, overrides or [], allow_import=allow_import or [])
+
+
+@app.command()
+def validate(recipe: RecipeArg, overrides: OverridesArg = None, allow_import: AllowImportOpt = None) -> None:
+    """Check a recipe completely (keys, types, components, plugins) without loading any model."""
+    with _guard():
+        loaded = _load(recipe, overrides, allow_import)
+        typer.echo(f"ok: {recipe} (run '{loaded.run.name}', {loaded.iterations} iterations)")
+
+
+@app.command()
+def show(recipe: RecipeArg, overrides: OverridesArg = None, allow_import: AllowImportOpt = None) -> None:
+    """Print the fully resolved recipe with every default, as YAML."""
+    with _guard():
+        import yaml
+
+        from spa_recipes.recipe import recipe_to_dict
+
+        loaded = _load(recipe, overrides, allow_import)
+        typer.echo(yaml.safe_dump(recipe_to_dict(loaded), sort_keys=False, width=100), nl=False)
+
+
+@app.command("ls")
+def list_things() -> None:
+    """List shipped recipes, and components by kind with where each comes from (plugins included)."""
+    with _guard():
+        from spa_recipes.registry import KINDS, get_registry
+
+        registry = get_registry()
+        typer.echo(f"recipes ({SHIPPED_RECIPES}):")
+        for path in shipped_recipes():
+            typer.echo(f"  {path.relative_to(SHIPPED_RECIPES)}")
+        for kind in KINDS:
+            typer.echo(f"{kind}:")
+            for comp in registry.components(kind):
+                typer.echo(f"  {comp.name:<18} {comp.help}  [{comp.source}]")
+
+
+@app.command()
+def cp(
+    name: Annotated[str, typer.Argument(help="shipped recipe, e.g. tiny_spa or base/spa_paper.yaml")],
+    dest: Annotated[Path, typer.Argument(help="file or folder to copy it to")],
+) -> None:
+    """Copy a shipped recipe to edit it. Its `extends` bases are still found among the shipped recipes."""
+    with _guard():
+        source = find_shipped_recipe(name)
+        target = dest / source.name if dest.is_dir() else dest
+        if target.exists():
+            raise UserError(f"{target}: already exists; remove it or choose another destination")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        typer.echo(f"copied {source.relative_to(SHIPPED_RECIPES)} -> {target}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SystemExit as exc:
+        sys.exit(exc.code)
+
+
+if __name__ == "__main__":
+    main()
