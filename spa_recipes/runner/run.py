@@ -1,0 +1,210 @@
+"""Executing the stage graph in a run directory, resuming whatever was finished.
+
+Run directory layout::
+
+    runs/<name>/recipe.yaml      the resolved recipe (every default)
+    runs/<name>/manifest.json    per stage: fingerprint, status, times, summary
+    runs/<name>/metrics.jsonl    one line per finished stage (its summary)
+    runs/<name>/run.log          the log of every invocation
+    runs/<name>/<stage>/         one folder per stage; `.fingerprint` when started, `.complete` when finished
+    runs/<name>/results.json     written by the report stage
+
+A stage is skipped when the manifest says it finished with the same fingerprint and its folder carries
+the completion marker. A stage folder with the same fingerprint but no marker was cut off: the stage runs
+again and continues from its own finished pieces (generation and judging shards, training checkpoints).
+A folder with another fingerprint is removed first.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spa_recipes.atomic import MARKER, is_complete, write_json_atomic, write_text_atomic
+from spa_recipes.recipe import recipe_to_dict
+from spa_recipes.registry import get_registry
+from spa_recipes.runner.graph import Stage, build_graph
+from spa_recipes.schema import ComponentSpec, Recipe
+
+log = logging.getLogger("spa_recipes")
+FINGERPRINT_FILE = ".fingerprint"
+# Which module runs each stage kind: spa_recipes.stages.<module>.run(ctx, stage, out_dir) -> summary dict.
+STAGE_MODULES = {
+    "split": "split",
+    "sft": "sft",
+    "dpo": "dpo",
+    "generate": "generate",
+    "judge": "judge",
+    "pairs": "pairs",
+    "eval_baseline": "evaluate",
+    "eval": "evaluate",
+    "report": "report",
+}
+
+
+@dataclass
+class RunContext:
+    """What every stage needs: the recipe, the run directory, the graph, and built components."""
+
+    recipe: Recipe
+    run_dir: Path
+    stages: dict[str, Stage]
+    progress: bool = True
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def model_path(self, ref: str | None) -> str | None:
+        """A stage name resolves to that stage's saved model; anything else is a hub id or a folder."""
+        if ref is not None and ref in self.stages:
+            return str(self.stage_dir(ref) / "model")
+        return ref
+
+    def build(self, spec: ComponentSpec, kind: str, args: Any = None, **context: Any) -> Any:
+        """Build a component section through the registry (with ``args`` in place of its own, if given)."""
+        component = get_registry().get(kind, spec.name)
+        assert component is not None, f"{kind} '{spec.name}' was validated but is not registered"
+        return component.build(spec.args if args is None else args, **context)
+
+    @property
+    def source(self) -> Any:
+        """The data source component (built once per process)."""
+        if "source" not in self._cache:
+            self._cache["source"] = self.build(self.recipe.data, "dataset")
+        return self._cache["source"]
+
+    def seed_for(self, stage: Stage) -> int:
+        """A per-stage seed derived from the run seed, stable across processes and resumes."""
+        return (self.recipe.run.seed * 1_000_003 + sum(map(ord, stage.name)) * 7919) % (2**31 - 1)
+
+
+def run_dir_for(recipe: Recipe) -> Path:
+    return Path(recipe.run.output_dir) / recipe.run.name
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return {"stages": {}}
+    return json.loads(path.read_text())
+
+
+def _setup_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+    log.info(message)
+
+
+def execute(recipe: Recipe, *, fresh: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) every stage of the recipe's graph.
+
+    Args:
+        recipe: a validated recipe.
+        fresh: delete the run directory first.
+        progress: show progress bars.
+
+    Returns:
+        The run directory.
+    """
+    run_dir = run_dir_for(recipe)
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _setup_logging(run_dir)
+    try:
+        graph = build_graph(recipe)
+        write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+        ctx = RunContext(recipe, run_dir, {s.name: s for s in graph}, progress)
+        manifest = read_manifest(run_dir)
+        _say(f"run {recipe.run.name}: {len(graph)} stages in {run_dir}")
+        for stage in graph:
+            _run_stage(ctx, stage, manifest)
+        _say(f"done: {run_dir / 'results.json'}")
+        return run_dir
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any]) -> None:
+    out = ctx.stage_dir(stage.name)
+    entry = manifest["stages"].get(stage.name, {})
+    if entry.get("status") == "done" and entry.get("fingerprint") == stage.fingerprint and is_complete(out):
+        log.info("skip %s (finished, fingerprint %s)", stage.name, stage.fingerprint)
+        return
+    fingerprint_file = out / FINGERPRINT_FILE
+    if out.exists() and (not fingerprint_file.exists() or fingerprint_file.read_text() != stage.fingerprint):
+        shutil.rmtree(out)  # the remains of another configuration: never trusted
+    resumed = out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).unlink(missing_ok=True)
+    write_text_atomic(fingerprint_file, stage.fingerprint)
+    started = time.time()
+    manifest["stages"][stage.name] = {
+        "fingerprint": stage.fingerprint, "status": "running", "started": started, "pid": os.getpid(),
+    }
+    write_json_atomic(ctx.run_dir / "manifest.json", manifest)
+    _say(f"> {stage.name}{' (resuming)' if resumed else ''}")
+    module = importlib.import_module(f"spa_recipes.stages.{STAGE_MODULES[stage.kind]}")
+    summary = module.run(ctx, stage, out) or {}
+    seconds = round(time.time() - started, 2)
+    (out / MARKER).write_text("")
+    manifest["stages"][stage.name] = {
+        "fingerprint": stage.fingerprint, "status": "done", "started": started, "finished": time.time(),
+        "seconds": seconds, "summary": summary,
+    }
+    write_json_atomic(ctx.run_dir / "manifest.json", manifest)
+    with open(ctx.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"stage": stage.name, "seconds": seconds, **summary}, sort_keys=True) + "\n")
+    shown = ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if not isinstance(v, dict | list))
+    _say(f"  {stage.name} done in {seconds:.1f}s{': ' + shown if shown else ''}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def stage_status(run_dir: Path, recipe: Recipe) -> list[dict[str, Any]]:
+    """Per stage of the recipe's graph: done, running, cut off, stale (another fingerprint) or pending."""
+    manifest = read_manifest(run_dir)
+    rows = []
+    for stage in build_graph(recipe):
+        entry = manifest["stages"].get(stage.name, {})
+        status = "pending"
+        if entry:
+            if entry.get("fingerprint") != stage.fingerprint:
+                status = "stale"
+            elif entry.get("status") == "done" and is_complete(run_dir / stage.name):
+                status = "done"
+            elif entry.get("status") == "running":
+                status = "running" if _alive(entry.get("pid")) else "cut off"
+        rows.append({"stage": stage.name, "status": status, "seconds": entry.get("seconds"),
+                     "started": entry.get("started"), "finished": entry.get("finished")})
+    return rows
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
