@@ -118,6 +118,59 @@ def cp(
         typer.echo(f"copied {source.relative_to(SHIPPED_RECIPES)} -> {target}")
 
 
+@app.command()
+def run(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="delete the run directory and start over")] = False,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="progress bars (default: when on a terminal)")
+    ] = None,
+    allow_import: AllowImportOpt = None,
+) -> None:
+    """Run a recipe; on an existing run directory, resume: finished stages are skipped."""
+    with _guard():
+        loaded = _load(recipe, overrides, allow_import)
+        from spa_recipes.runner.run import execute
+
+        execute(loaded, fresh=fresh, progress=sys.stderr.isatty() if progress is None else progress)
+
+
+@app.command()
+def graph(recipe: RecipeArg, overrides: OverridesArg = None, allow_import: AllowImportOpt = None) -> None:
+    """Print the stage graph: each stage with its inputs, model, reference and data sizes."""
+    with _guard():
+        from spa_recipes.runner.graph import build_graph
+
+        for stage in build_graph(_load(recipe, overrides, allow_import)):
+            typer.echo(f"{stage.name}  [{stage.kind}]  fingerprint {stage.fingerprint}")
+            typer.echo(f"    inputs: {', '.join(stage.inputs) or '-'}")
+            if stage.model:
+                reference = f"   reference: {stage.reference}" if stage.reference else ""
+                typer.echo(f"    model: {stage.model}{reference}")
+            if stage.sizes:
+                typer.echo(f"    data: {stage.sizes}")
+
+
+@app.command()
+def status(run_dir: Annotated[Path, typer.Argument(help="a run directory (runs/<name>)")]) -> None:
+    """Which stages of a run are done, running, cut off, stale or pending, with times."""
+    with _guard():
+        import datetime
+
+        from spa_recipes.recipe import load_recipe
+        from spa_recipes.runner.run import stage_status
+
+        resolved = run_dir / "recipe.yaml"
+        if not resolved.exists():
+            raise UserError(f"{run_dir}: not a run directory (no recipe.yaml)")
+        for row in stage_status(run_dir, load_recipe(resolved)):
+            started = row["started"]
+            when = datetime.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S") if started else ""
+            took = f"{row['seconds']:.1f}s" if row["seconds"] is not None else ""
+            typer.echo(f"{row['stage']:<18} {row['status']:<8} {when:<20} {took}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

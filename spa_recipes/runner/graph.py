@@ -94,7 +94,8 @@ def build_graph(recipe: Recipe) -> list[Stage]:
             Stage(f"{prefix}_generate", "generate", ["split", *model_inputs], i, model=previous,
                   config={"generation": r["generation"], "models": models, "seed": seed, "iteration": i},
                   sizes=f"{prompts} prompts x {r['generation']['samples_per_prompt']}"),
-            Stage(f"{prefix}_judge", "judge", [f"{prefix}_generate", *model_inputs, *sft_inputs], i, model=previous,
+            Stage(f"{prefix}_judge", "judge", [f"{prefix}_generate", *model_inputs, *_stages_among(judge_ref, stages)],
+                  i, model=previous,
                   reference=judge_ref if r["judge"]["name"] == "implicit" else r["judge"]["name"],
                   config={"judge": r["judge"], "models": models, "training": _lengths(r["training"]["iteration"])}),
             Stage(f"{prefix}_pairs", "pairs", [f"{prefix}_judge"], i,
@@ -127,6 +128,10 @@ def previous_model(i: int, sft: str, recipe: Recipe) -> str:
     if i == 2:
         return "seed_dpo" if recipe.training.seed is not None else sft
     return sft
+
+
+def _stages_among(name: str | None, stages: list[Stage]) -> list[str]:
+    return [name] if any(s.name == name for s in stages) else []
 
 
 def _detector_for(detector: dict[str, Any], i: int) -> dict[str, Any]:
