@@ -1,19 +1,22 @@
-"""Fault injection for the resume tests: kill this process with SIGKILL at a named point.
+"""Fault injection for the resume tests: kill this process with SIGKILL right after an artifact is written.
 
-Set ``SPA_RECIPES_KILL_AT=<point>`` (for example ``iter1_generate/shard-1`` or ``iter1_train/step-4``);
-when the process reaches that point it sends itself SIGKILL, exactly as an out-of-memory killer or a
-pre-empted node would. Unset, every call is a dictionary lookup and nothing else.
+Set ``SPA_RECIPES_KILL_AT`` to the end of an artifact's path (for example
+``iter1_generate/shards/shard-00001.jsonl`` or ``iter1_train/work/checkpoints/step-4``); when the process
+has just written that artifact it sends itself SIGKILL, exactly as an out-of-memory killer or a pre-empted
+node would. Unset, each call is one environment lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 KILL_ENV = "SPA_RECIPES_KILL_AT"
 
 
-def fault_point(name: str) -> None:
-    """Die here if ``SPA_RECIPES_KILL_AT`` names this point."""
-    if os.environ.get(KILL_ENV) == name:
+def fault_point(artifact: str | os.PathLike[str]) -> None:
+    """Die here if ``SPA_RECIPES_KILL_AT`` is the end of this artifact's path."""
+    target = os.environ.get(KILL_ENV)
+    if target and Path(artifact).as_posix().endswith(target):
         os.kill(os.getpid(), signal.SIGKILL)
