@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import GrammarParseError, OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from spa_recipes.errors import RecipeError
@@ -102,7 +102,9 @@ def _read_layer(path: Path, sources: _Sources, chain: tuple[Path, ...]) -> DictC
     try:
         layer = OmegaConf.create(data)
     except OmegaConfBaseException as exc:
-        raise RecipeError(f"{path}: {str(exc).splitlines()[0]}") from None
+        key = getattr(exc, "full_key", None)
+        what = f"{key}: bad interpolation: " if isinstance(exc, GrammarParseError) and key else ""
+        raise RecipeError(f"{path}: {what}{str(exc).splitlines()[0]}") from None
     return _merge(merged, layer)
 
 
@@ -221,11 +223,66 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _is_union_tag(part: Any, data: Any) -> bool:
+    """Whether ``part`` of an error location is pydantic's name of a union member, not a key of the data."""
+    if not isinstance(part, str) or not ("[" in part or part in {"int", "float", "str", "bool", "dict", "list"}):
+        return False
+    return not (isinstance(data, dict) and part in data)
+
+
+def _plain_errors(exc: ValidationError, data: Any) -> list[dict[str, Any]]:
+    """Pydantic's errors with union-member tags taken out of their locations, one error per problem.
+
+    A value that fits no member of a union (``int | float | list[...]``) gives one error per member. When a
+    member went deeper into the value (element 1 of a list), only those deeper errors are kept; otherwise the
+    members collapse into one ``expected a | b`` error.
+    """
+    errors = []
+    unions: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for err in exc.errors():
+        loc: list[Any] = []
+        tags: list[str] = []
+        base: tuple[Any, ...] | None = None
+        node = data
+        for part in err["loc"]:
+            if _is_union_tag(part, node):
+                base = tuple(loc) if base is None else base
+                tags.append(part)
+                continue
+            loc.append(part)
+            node = node[part] if isinstance(node, dict | list) and _has(node, part) else None
+        err = {**err, "loc": tuple(loc), "tags": tags}
+        if base is None:
+            errors.append(err)
+        else:
+            unions.setdefault(base, []).append(err)
+    for base, members in unions.items():
+        deeper = [e for e in members if len(e["loc"]) > len(base)]
+        # A member that went inside the value explains the problem better than "not an int".
+        by_loc: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for err in deeper or members:
+            by_loc.setdefault(err["loc"], []).append(err)
+        for same in by_loc.values():
+            if len(same) == 1:
+                errors.append(same[0])
+                continue
+            inner = [e["tags"][1:] if deeper else e["tags"][:1] for e in same]
+            tags = " | ".join(dict.fromkeys(t for ts in inner for t in ts))
+            errors.append({**same[0], "type": "union", "msg": f"expected {tags}"})
+    return errors
+
+
+def _has(node: dict[Any, Any] | list[Any], part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(part, int) and 0 <= part < len(node)
+
+
 def _format_errors(
-    exc: ValidationError, model: type[BaseModel], prefix: Sequence[Any], sources: _Sources
+    exc: ValidationError, model: type[BaseModel], prefix: Sequence[Any], sources: _Sources, data: Any = None
 ) -> list[str]:
     lines = []
-    for err in exc.errors():
+    for err in _plain_errors(exc, data):
         loc = [*prefix, *err["loc"]]
         dotted = _dotted(loc)
         where = sources.locate(dotted)
@@ -242,7 +299,9 @@ def _format_errors(
             lines.append(f"{head}: required key is missing")
         else:
             given = err.get("input")
-            shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
+            shown = f" (got {given!r})"
+            if isinstance(given, dict | list) and (kind != "union" or len(shown) > 80):
+                shown = ""  # a whole section is no help; a short list given for a union member is
             lines.append(f"{head}: {err['msg']}{shown}")
     return lines
 
@@ -327,7 +386,7 @@ def _resolve_components(
         try:
             spec._args = component.config.model_validate(spec.raw_args())
         except ValidationError as exc:
-            problems += _format_errors(exc, component.config, dotted.split("."), sources)
+            problems += _format_errors(exc, component.config, dotted.split("."), sources, spec.raw_args())
     return problems
 
 
@@ -375,7 +434,7 @@ def validate(data: dict[str, Any], *, sources: _Sources | None = None, allow_imp
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, Recipe, (), sources) + problems) from None
+        raise RecipeError(_format_errors(exc, Recipe, (), sources, data) + problems) from None
     if not problems:
         problems = _resolve_components(_component_specs(recipe), sources, allowed)
     if not problems:

@@ -1,0 +1,142 @@
+"""SPA's direct preference judgment: the DPO implicit reward of the current model.
+
+``r(x, y) = beta * (log pi_policy(y|x) - log pi_ref(y|x))`` with log-probs summed over the response
+tokens, EOS included (:func:`spa_recipes.sequences.score_sequences`). With ``length_normalize`` each
+log-prob is divided by the response length in tokens first. The reference is chosen by
+``cfg.reference``: the SFT model (paper), the model before the policy, or none (``r = beta * log pi_policy``).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spa_recipes.builtins import ImplicitJudgeConfig
+from spa_recipes.generation.shards import Row, run_sharded
+from spa_recipes.modeling import load_model, load_tokenizer
+from spa_recipes.sequences import score_sequences
+
+DEFAULT_SHARD_SIZE = 256
+
+
+class ImplicitRewardJudge:
+    """Scores responses with the implicit reward of ``policy_path`` against a reference model.
+
+    The models are loaded one at a time (all responses are scored with the policy, it is freed, then
+    the reference), so only one model is ever in memory. Both are fed the policy's tokenization: a
+    base-model reference may have no chat template of its own.
+
+    Args:
+        cfg: the judge's config.
+        policy_path: the model being judged with, ``pi_{i-1}``.
+        sft_path: the SFT model ``pi_init`` (reference ``"sft"``).
+        previous_path: the model before the policy (reference ``"previous"``); ``None`` means the policy
+            has no predecessor but the SFT model (iteration 1), so ``sft_path`` is used.
+        dtype: model dtype name.
+        max_prompt_length: prompts longer than this are cut at the start (as in training).
+        max_length: prompt + response longer than this are cut at the end, EOS kept (as in training).
+        device: where to run; CUDA when available, else CPU.
+        shard_size: rows per resumable shard when ``score`` is given an ``out_dir``.
+    """
+
+    def __init__(
+        self,
+        cfg: ImplicitJudgeConfig,
+        *,
+        policy_path: str,
+        sft_path: str,
+        previous_path: str | None,
+        dtype: str = "auto",
+        max_prompt_length: int | None = None,
+        max_length: int | None = None,
+        device: str | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        **_: Any,
+    ) -> None:
+        self.cfg = cfg
+        self.policy_path = policy_path
+        self.reference_path = {"sft": sft_path, "previous": previous_path or sft_path, "none": None}[cfg.reference]
+        self.dtype = dtype
+        self.max_prompt_length = max_prompt_length
+        self.max_length = max_length
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.shard_size = shard_size
+
+    def score(self, rows: list[Row], out_dir: Path | None = None) -> list[Row]:
+        """Add ``"scores"``, ``"valid"`` and ``"policy_logps"`` (K each) to every row.
+
+        Args:
+            rows: generated rows (``"id"``, ``"prompt"``, ``"responses"``).
+            out_dir: when given, log-probs are kept in resumable shards under ``out_dir/policy`` and
+                ``out_dir/reference``; the returned rows themselves are the caller's to write.
+
+        Returns:
+            The rows in order with ``"scores"`` (the rewards), ``"valid"`` (the reward is finite) and
+            ``"policy_logps"`` (summed, never length-normalised: the trainer can reuse them as cached
+            reference log-probs, since the policy judged here is the next DPO reference).
+        """
+        policy = self._logps(self.policy_path, rows, out_dir and Path(out_dir) / "policy")
+        if self.reference_path is None:
+            reference = [{"logps": [0.0] * len(r["logps"]), "lengths": r["lengths"]} for r in policy]
+        else:
+            reference = self._logps(self.reference_path, rows, out_dir and Path(out_dir) / "reference")
+        out = []
+        for row, pol, ref in zip(rows, policy, reference, strict=True):
+            if pol.get("id", row["id"]) != row["id"] or ref.get("id", row["id"]) != row["id"]:
+                raise ValueError(f"{out_dir}: cached log-probs are for other rows (row {row['id']!r}); remove it")
+            scores = [
+                self.cfg.beta * (self._norm(lp, n) - self._norm(lr, n))
+                for lp, lr, n in zip(pol["logps"], ref["logps"], pol["lengths"], strict=True)
+            ]
+            out.append(
+                {**row, "scores": scores, "valid": [math.isfinite(s) for s in scores], "policy_logps": pol["logps"]}
+            )
+        return out
+
+    def _norm(self, logp: float, length: int) -> float:
+        return logp / max(length, 1) if self.cfg.length_normalize else logp
+
+    def _logps(self, model_path: str, rows: list[Row], out_dir: Path | None) -> list[Row]:
+        """``{"id", "logps": [K], "lengths": [K]}`` per row under one model (loaded only if needed)."""
+        loaded: dict[str, Any] = {}
+
+        def shard(_: int, chunk: list[Row]) -> list[Row]:
+            if not loaded:
+                loaded["tokenizer"] = load_tokenizer(self.policy_path)
+                loaded["model"] = load_model(model_path, dtype=self.dtype, device=self.device)
+            k = [len(r["responses"]) for r in chunk]
+            logps, lengths = score_sequences(
+                loaded["model"],
+                loaded["tokenizer"],
+                [r["prompt"] for r, n in zip(chunk, k, strict=True) for _ in range(n)],
+                [resp for r in chunk for resp in r["responses"]],
+                batch_size=self.cfg.batch_size,
+                max_prompt_length=self.max_prompt_length,
+                max_length=self.max_length,
+                device=self.device,
+            )
+            out, start = [], 0
+            for row, n in zip(chunk, k, strict=True):
+                out.append(
+                    {
+                        "id": row["id"],
+                        "logps": logps[start : start + n].tolist(),
+                        "lengths": lengths[start : start + n].tolist(),
+                    }
+                )
+                start += n
+            return out
+
+        try:
+            if out_dir is None:
+                return shard(0, rows)
+            return run_sharded(rows, self.shard_size, out_dir, shard, desc=f"judge {Path(model_path).name}")
+        finally:
+            loaded.clear()  # free the model before the next one is loaded
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

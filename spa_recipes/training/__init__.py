@@ -1,0 +1,1 @@
+"""Training stages on Accelerate: DPO/SPA (:mod:`.preference`) and SFT (:mod:`.sft`), sharing :mod:`.loop`."""

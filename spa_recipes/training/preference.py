@@ -1,0 +1,297 @@
+"""DPO with SPA's self-refinement (SR) and decoupled noise detection (DND), on Accelerate.
+
+One micro-batch of B pairs is one forward pass of the policy over 2B rows (chosen rows, then rejected
+rows), right-padded to the longest row of the batch. The DPO reference is frozen. Its log-probs are
+computed once before training (or taken from ``ref_logps``, e.g. the judge stage's) and the reference
+model is freed, except when DND needs its per-token logits (``confidence == "extrapolated"`` and
+``lam != 0``): then the reference runs alongside the policy at every step, and its logits and the
+policy's (detached) give ``log p_ext`` with no extra forward pass of the policy.
+
+Per pair: ``Delta`` from the policy; the detector's margin ``beta * Delta_conf`` from ``log p_ext`` or the
+policy; the detector's flags -> the refiner's smoothing and weight -> ``mean(weight * loss)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spa_recipes.atomic import atomic_dir, write_json_atomic
+from spa_recipes.errors import DataError
+from spa_recipes.loss import DPOLoss, extrapolated_sequence_logps
+from spa_recipes.modeling import load_model, load_tokenizer, save_model
+from spa_recipes.schema import TrainingSection
+from spa_recipes.sequences import (
+    collate,
+    encode_prompt,
+    encode_response,
+    join_prompt_response,
+    sequence_logps_from_logits,
+    shift_for_logps,
+)
+from spa_recipes.training.loop import MicroBatch, make_accelerator, read_metrics, run_training_loop
+
+REF_LOGPS_CACHE = "ref_logps.json"
+Encoded = tuple[list[int], list[int]]
+
+
+def encode_pairs(
+    pairs: list[dict[str, Any]], tokenizer: Any, training: TrainingSection
+) -> tuple[list[Encoded], list[Encoded]]:
+    """``(chosen, rejected)`` encoded as ``(input_ids, labels)`` per pair.
+
+    Raises:
+        DataError: a row without ``id``, ``prompt``, ``chosen`` or ``rejected``.
+    """
+    chosen, rejected = [], []
+    for n, row in enumerate(pairs):
+        missing = [k for k in ("id", "prompt", "chosen", "rejected") if k not in row]
+        if missing:
+            raise DataError(f"preference pair {row.get('id', f'#{n}')}: missing {', '.join(missing)}")
+        prompt = encode_prompt(tokenizer, row["prompt"], training.max_prompt_length)
+        chosen.append(join_prompt_response(prompt, encode_response(tokenizer, row["chosen"]), training.max_length))
+        rejected.append(
+            join_prompt_response(prompt, encode_response(tokenizer, row["rejected"]), training.max_length)
+        )
+    return chosen, rejected
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@torch.no_grad()
+def reference_logps(
+    model: Any,
+    chosen: list[Encoded],
+    rejected: list[Encoded],
+    indices: list[int],
+    *,
+    pad_id: int,
+    batch_size: int,
+    accelerator: Any,
+) -> dict[int, tuple[float, float]]:
+    """Summed response log-probs of chosen and rejected under ``model`` for the pairs at ``indices``."""
+    out: dict[int, tuple[float, float]] = {}
+    for start in range(0, len(indices), batch_size):
+        part = indices[start : start + batch_size]
+        batch = collate([chosen[i] for i in part] + [rejected[i] for i in part], pad_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps, _ = sequence_logps_from_logits(logits, batch["labels"])
+        for j, i in enumerate(part):
+            out[i] = (float(logps[j]), float(logps[len(part) + j]))
+    return out
+
+
+def _precomputed_reference(
+    pairs: list[dict[str, Any]],
+    chosen: list[Encoded],
+    rejected: list[Encoded],
+    *,
+    policy: Any,
+    policy_path: str,
+    reference_path: str,
+    dtype: str,
+    pad_id: int,
+    batch_size: int,
+    accelerator: Any,
+    work_dir: Path,
+) -> torch.Tensor:
+    """``[n, 2]`` reference log-probs, computed once (sharded over processes) and cached in ``work_dir``.
+
+    The cache makes a resumed run use exactly the numbers the interrupted one used.
+    """
+    from accelerate.utils import gather_object
+
+    cache = work_dir / REF_LOGPS_CACHE
+    ids = [str(row["id"]) for row in pairs]
+    if cache.exists():
+        import json
+
+        stored = json.loads(cache.read_text())
+        if set(stored) == set(ids):
+            return torch.tensor([stored[i] for i in ids], dtype=torch.float32)
+    # Same folder for policy and reference (seed DPO): the policy, before its first step, is the reference.
+    model = policy if policy_path == reference_path else load_model(reference_path, dtype, accelerator.device)
+    was_training = model.training
+    model.to(accelerator.device).eval()
+    mine = list(range(accelerator.process_index, len(pairs), accelerator.num_processes))
+    local = reference_logps(
+        model, chosen, rejected, mine, pad_id=pad_id, batch_size=batch_size, accelerator=accelerator
+    )
+    merged: dict[int, tuple[float, float]] = {}
+    for part in gather_object([local]) if accelerator.num_processes > 1 else [local]:
+        merged.update(part)
+    model.train(was_training)
+    if model is not policy:
+        del model
+    if accelerator.is_main_process:
+        write_json_atomic(cache, {ids[i]: list(merged[i]) for i in range(len(pairs))})
+    accelerator.wait_for_everyone()
+    return torch.tensor([merged[i] for i in range(len(pairs))], dtype=torch.float32)
+
+
+def train_preference(
+    pairs: list[dict[str, Any]],
+    *,
+    policy_path: str,
+    reference_path: str,
+    output_dir: Path,
+    work_dir: Path,
+    training: TrainingSection,
+    loss: DPOLoss,
+    noise_detector: Any,
+    refiner: Any,
+    lam: float,
+    seed: int,
+    dtype: str = "auto",
+    mixed_precision: str = "auto",
+    ref_logps: dict[str, tuple[float, float]] | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train a policy with (SPA-refined) DPO and save it to ``output_dir``.
+
+    Args:
+        pairs: rows ``{"id", "prompt" (chat messages), "chosen", "rejected"}``.
+        policy_path: the model to start from (``save_pretrained`` folder or hub id); its tokenizer is used.
+        reference_path: the frozen DPO reference.
+        output_dir: where the trained model, tokenizer and generation config are written (atomically).
+        work_dir: checkpoints, ``metrics.jsonl`` and the reference log-prob cache; resumed when it holds a
+            complete checkpoint.
+        training: optimiser, batching, lengths, checkpoints, non-finite policy.
+        loss: the DPO loss (holds beta).
+        noise_detector: a detector from :mod:`spa_recipes.noise` (``flag``, ``confidence``, ``threshold``).
+        refiner: a refiner from :mod:`spa_recipes.refiners`.
+        lam: DND extrapolation strength for this stage (see :func:`spa_recipes.noise.lambda_for_iteration`).
+        seed: seed of data order and RNGs.
+        dtype: weights dtype of policy and reference (``auto``: bf16 on a GPU that has it, else fp32).
+        mixed_precision: Accelerate's mixed precision (``auto``: bf16 on such a GPU, ``no`` on CPU).
+        ref_logps: reference log-probs by pair id, ``(chosen, rejected)``, computed with the same lengths;
+            skips the reference pass. Ignored when DND needs the reference's logits.
+        progress: tqdm bar.
+        stop_after: stop after this many optimiser steps, leaving a checkpoint to resume from.
+
+    Returns:
+        Summary: ``steps``, ``total_steps``, ``final_loss``, ``mean_flagged_fraction``, ``final_reward_accuracy``,
+        ``skipped_steps``, ``tokens_per_s``, ``resumed_from``, ``stopped_early``, ``extrapolated``.
+
+    Raises:
+        DataError: malformed rows, or ``ref_logps`` missing a pair id.
+        TrainingError: a non-finite loss/gradient under ``nonfinite: fail``.
+    """
+    output_dir, work_dir = Path(output_dir), Path(work_dir)
+    accelerator = make_accelerator(mixed_precision)
+    tokenizer = load_tokenizer(policy_path)
+    pad_id = _pad_id(tokenizer)
+    chosen, rejected = encode_pairs(pairs, tokenizer, training)
+    policy = load_model(policy_path, dtype)
+    extrapolate = noise_detector.confidence == "extrapolated" and lam != 0
+    beta = loss.beta
+
+    ref_model = None
+    ref_table: torch.Tensor | None = None
+    if extrapolate:
+        ref_model = load_model(reference_path, dtype, accelerator.device)
+        ref_model.requires_grad_(False)
+    elif ref_logps is not None:
+        missing = [str(row["id"]) for row in pairs if str(row["id"]) not in ref_logps]
+        if missing:
+            raise DataError(f"ref_logps: no reference log-probs for pair {missing[0]} ({len(missing)} missing)")
+        ref_table = torch.tensor([list(ref_logps[str(row["id"])]) for row in pairs], dtype=torch.float32)
+    else:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        ref_table = _precomputed_reference(
+            pairs, chosen, rejected, policy=policy, policy_path=policy_path, reference_path=reference_path,
+            dtype=dtype, pad_id=pad_id, batch_size=training.batch_size, accelerator=accelerator,
+            work_dir=work_dir,
+        )
+    ids = [str(row["id"]) for row in pairs]
+
+    def compute(model: Any, indices: list[int], step: int, total_steps: int) -> MicroBatch:
+        n = len(indices)
+        batch = collate([chosen[i] for i in indices] + [rejected[i] for i in indices], pad_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps, _ = sequence_logps_from_logits(logits, batch["labels"])
+        if extrapolate:
+            with torch.no_grad(), accelerator.autocast():
+                ref_logits = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            ref_seq, _ = sequence_logps_from_logits(ref_logits, batch["labels"])
+            shifted, targets, mask = shift_for_logps(logits.detach(), batch["labels"])
+            conf_logps = extrapolated_sequence_logps(shifted, ref_logits[:, :-1], targets, mask, lam)
+            del ref_logits
+        else:
+            table = ref_table[indices].to(accelerator.device)
+            ref_seq = torch.cat([table[:, 0], table[:, 1]])
+            conf_logps = logps.detach()
+        pc, pr = logps[:n], logps[n:]
+        rc, rr = ref_seq[:n], ref_seq[n:]
+        conf_margins = beta * ((conf_logps[:n] - rc) - (conf_logps[n:] - rr))
+        flags = noise_detector.flag(conf_margins, accelerator)
+        smoothing, weights = refiner.refine(flags, step, total_steps)
+        losses, margins = loss(pc, pr, rc, rr, smoothing=smoothing)
+        value = (losses * weights.to(losses.device)).mean()
+        chosen_rewards = (beta * (pc - rc)).detach()
+        rejected_rewards = (beta * (pr - rr)).detach()
+        return MicroBatch(
+            loss=value,
+            means={
+                "loss": float(value.detach()),
+                "margins": float(margins.detach().mean()),
+                "confidence_margins": float(conf_margins.mean()),
+                "rewards_chosen": float(chosen_rewards.mean()),
+                "rewards_rejected": float(rejected_rewards.mean()),
+                "reward_accuracy": float((chosen_rewards > rejected_rewards).float().mean()),
+                "flagged_fraction": float(flags.float().mean()),
+                "threshold": float(noise_detector.threshold),
+                "mean_smoothing": float(smoothing.mean()),
+            },
+            sums={"tokens": float(batch["attention_mask"].sum()), "pairs": float(n)},
+            lists={"flagged_ids": [ids[i] for i, f in zip(indices, flags.tolist(), strict=True) if f]},
+        )
+
+    result = run_training_loop(
+        accelerator=accelerator,
+        model=policy,
+        num_examples=len(pairs),
+        compute=compute,
+        training=training,
+        seed=seed,
+        work_dir=work_dir,
+        stateful={"detector": noise_detector},
+        progress=progress,
+        description="dpo",
+        stop_after=stop_after,
+    )
+    ref_model = None  # free the reference before saving
+    if not result.stopped_early and accelerator.is_main_process:
+        with atomic_dir(output_dir) as tmp:
+            save_model(result.model, tokenizer, tmp)
+    accelerator.wait_for_everyone()
+    rows = read_metrics(work_dir)
+    return {
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "final_loss": result.final_loss,
+        "mean_flagged_fraction": _mean(r.get("flagged_fraction") for r in rows),
+        "final_reward_accuracy": rows[-1]["reward_accuracy"] if rows else math.nan,
+        "final_margins": rows[-1]["margins"] if rows else math.nan,
+        "skipped_steps": result.skipped_steps,
+        "tokens_per_s": _mean(r.get("tokens_per_s") for r in rows),
+        "resumed_from": result.resumed_from,
+        "stopped_early": result.stopped_early,
+        "extrapolated": extrapolate,
+        "pairs": len(pairs),
+    }
+
+
+def _mean(values: Any) -> float:
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else math.nan

@@ -1,0 +1,104 @@
+"""Supervised fine-tuning on (prompt, response) demonstrations: the loss is on response tokens only.
+
+The shared loop (:mod:`spa_recipes.training.loop`) provides optimiser, schedule, accumulation, checkpoints,
+resume, the non-finite policy and metrics; this module only says how one micro-batch's loss is computed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+
+from spa_recipes.atomic import atomic_dir
+from spa_recipes.errors import DataError
+from spa_recipes.modeling import load_model, save_model
+from spa_recipes.schema import TrainingSection
+from spa_recipes.sequences import collate, encode_prompt, encode_response, join_prompt_response, shift_for_logps
+from spa_recipes.training.loop import MicroBatch, make_accelerator, run_training_loop
+
+
+def train_sft(
+    examples: list[dict[str, Any]],
+    *,
+    model: Any,
+    tokenizer: Any,
+    output_dir: Path,
+    work_dir: Path,
+    training: TrainingSection,
+    seed: int,
+    mixed_precision: str = "auto",
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` on demonstrations and save it (with ``tokenizer``) to ``output_dir``.
+
+    Args:
+        examples: rows ``{"prompt": chat messages, "response": str}``; the response is followed by EOS.
+        model: an in-memory causal LM (e.g. the toy world's random-init model), trained IN PLACE, or a
+            model folder / hub id, loaded here in its saved dtype ("auto"). When ``work_dir`` holds a
+            checkpoint, its weights replace the model's.
+        tokenizer: the tokenizer with a chat template (prompts are rendered with it).
+        output_dir: where the model, tokenizer and generation config are written (atomically).
+        work_dir: checkpoints and ``metrics.jsonl``.
+        training: optimiser, batching, lengths, checkpoints, non-finite policy.
+        seed: seed of data order and RNGs.
+        mixed_precision: Accelerate's mixed precision (``auto``: bf16 on a GPU that has it, else none).
+        progress: tqdm bar.
+        stop_after: stop after this many optimiser steps, leaving a checkpoint to resume from.
+
+    Returns:
+        Summary: ``steps``, ``total_steps``, ``first_loss``, ``final_loss``, ``skipped_steps``, ``tokens_per_s``,
+        ``resumed_from``, ``stopped_early``.
+
+    Raises:
+        DataError: a row without ``prompt`` or ``response``.
+        TrainingError: a non-finite loss/gradient under ``nonfinite: fail``.
+    """
+    output_dir, work_dir = Path(output_dir), Path(work_dir)
+    accelerator = make_accelerator(mixed_precision)
+    if isinstance(model, (str, Path)):
+        model = load_model(str(model), "auto")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = []
+    for n, row in enumerate(examples):
+        if "prompt" not in row or "response" not in row:
+            raise DataError(f"sft example {row.get('id', f'#{n}')}: needs 'prompt' and 'response'")
+        prompt = encode_prompt(tokenizer, row["prompt"], training.max_prompt_length)
+        encoded.append(join_prompt_response(prompt, encode_response(tokenizer, row["response"]), training.max_length))
+
+    def compute(model: Any, indices: list[int], step: int, total_steps: int) -> MicroBatch:
+        batch = {k: v.to(accelerator.device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
+        with accelerator.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        shifted, targets, mask = shift_for_logps(logits, batch["labels"])
+        token_nll = F.cross_entropy(shifted.float().transpose(1, 2), targets, reduction="none")
+        loss = (token_nll * mask).sum() / mask.sum().clamp(min=1)
+        return MicroBatch(
+            loss=loss,
+            means={"loss": float(loss.detach())},
+            sums={"tokens": float(batch["attention_mask"].sum()), "response_tokens": float(mask.sum())},
+        )
+
+    result = run_training_loop(
+        accelerator=accelerator, model=model, num_examples=len(encoded), compute=compute, training=training,
+        seed=seed, work_dir=work_dir, progress=progress, description="sft", stop_after=stop_after,
+    )
+    if not result.stopped_early and accelerator.is_main_process:
+        with atomic_dir(output_dir) as tmp:
+            save_model(result.model, tokenizer, tmp)
+    accelerator.wait_for_everyone()
+    result.model.eval()
+    losses = [r["loss"] for r in result.history]
+    speeds = [r["tokens_per_s"] for r in result.history]
+    return {
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "first_loss": losses[0] if losses else float("nan"),
+        "final_loss": result.final_loss,
+        "skipped_steps": result.skipped_steps,
+        "tokens_per_s": sum(speeds) / len(speeds) if speeds else float("nan"),
+        "resumed_from": result.resumed_from,
+        "stopped_early": result.stopped_early,
+    }

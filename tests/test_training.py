@@ -1,0 +1,197 @@
+"""The DPO/SPA and SFT trainers on a tiny Llama: learning, noise enrichment, exact resume, NaN policy."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_tiny import make_tiny_model
+
+from spa_recipes.atomic import is_complete
+from spa_recipes.builtins import (
+    BatchQuantileConfig,
+    DPOLossConfig,
+    LabelSmoothingConfig,
+    NoneDetectorConfig,
+    RollingQuantileConfig,
+)
+from spa_recipes.loss import DPOLoss
+from spa_recipes.modeling import load_model, load_tokenizer
+from spa_recipes.noise import BatchQuantileDetector, NoNoiseDetector, RollingQuantileDetector
+from spa_recipes.refiners import LabelSmoothingRefiner, NoRefiner
+from spa_recipes.schema import TrainingSection
+from spa_recipes.training.loop import TrainingError, list_checkpoints, read_metrics
+from spa_recipes.training.preference import train_preference
+from spa_recipes.training.sft import train_sft
+
+GOOD, BAD = "w1", "w2"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", vocab=64, hidden=32))
+
+
+def planted_pairs(n: int, flip_fraction: float, seed: int = 0) -> tuple[list[dict], set[str]]:
+    """Chosen responses start with GOOD, rejected with BAD (same continuation); a planted share is flipped."""
+    rng = random.Random(seed)
+    rows, flipped = [], set()
+    for i in range(n):
+        prompt = [{"role": "user", "content": f"w{rng.randrange(10, 50)} w{rng.randrange(10, 50)}"}]
+        tail = " ".join(f"w{rng.randrange(10, 50)}" for _ in range(rng.randrange(1, 4)))
+        chosen, rejected = f"{GOOD} {tail}", f"{BAD} {tail}"
+        if i < flip_fraction * n:
+            chosen, rejected = rejected, chosen
+            flipped.add(str(i))
+        rows.append({"id": str(i), "prompt": prompt, "chosen": chosen, "rejected": rejected})
+    rng.shuffle(rows)
+    return rows, flipped
+
+
+def section(**overrides: object) -> TrainingSection:
+    base = dict(epochs=1.0, learning_rate=5e-3, lr_scheduler="constant", warmup_ratio=0.0, batch_size=8,
+                max_length=32, max_prompt_length=16, max_grad_norm=1.0)
+    return TrainingSection(**{**base, **overrides})
+
+
+def run_dpo(tiny: str, tmp: Path, pairs: list[dict], training: TrainingSection, **kw: object) -> dict:
+    args = dict(
+        policy_path=tiny, reference_path=tiny, output_dir=tmp / "out", work_dir=tmp / "work",
+        training=training, loss=DPOLoss(DPOLossConfig(beta=0.1)), noise_detector=NoNoiseDetector(NoneDetectorConfig()),
+        refiner=NoRefiner(), lam=0.0, seed=0, progress=False,
+    )
+    return train_preference(pairs, **{**args, **kw})
+
+
+def params(path: Path) -> dict[str, torch.Tensor]:
+    return dict(load_model(str(path)).named_parameters())
+
+
+def test_dpo_raises_the_margin(tiny: str, tmp_path: Path) -> None:
+    pairs, _ = planted_pairs(32, 0.0)
+    summary = run_dpo(tiny, tmp_path, pairs, section(epochs=2.0))
+    rows = read_metrics(tmp_path / "work")
+    assert summary["steps"] == len(rows) == 8
+    assert rows[0]["margins"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at the first step
+    assert rows[-1]["margins"] > 0.1 and rows[-1]["reward_accuracy"] == 1.0
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert is_complete(tmp_path / "out") and (tmp_path / "out" / "generation_config.json").exists()
+    assert load_tokenizer(str(tmp_path / "out")).chat_template
+    for key in ("epoch", "rewards_chosen", "rewards_rejected", "flagged_fraction", "threshold", "lr",
+                "tokens_per_s", "skipped_steps"):
+        assert key in rows[-1]
+
+
+def test_refinement_flags_planted_noise(tiny: str, tmp_path: Path) -> None:
+    pairs, flipped = planted_pairs(64, 0.2)
+    summary = run_dpo(
+        tiny, tmp_path, pairs, section(epochs=2.0),
+        noise_detector=BatchQuantileDetector(BatchQuantileConfig(k=0.25, confidence="policy")),
+        refiner=LabelSmoothingRefiner(LabelSmoothingConfig(alpha=0.1, warmup_fraction=0.2)),
+    )
+    rows = read_metrics(tmp_path / "work")
+    assert all(r["flagged_fraction"] == 0.25 for r in rows)  # floor(0.25 * 8) of every batch
+    later = [i for r in rows[len(rows) // 4 :] for i in r["flagged_ids"]]
+    precision = sum(i in flipped for i in later) / len(later)
+    enrichment = precision / (len(flipped) / len(pairs))
+    print(f"P(planted|flagged) = {precision:.2f}, P(planted) = {len(flipped) / len(pairs):.2f}, "
+          f"enrichment = {enrichment:.2f}")
+    assert enrichment > 1.5
+    assert summary["mean_flagged_fraction"] == pytest.approx(0.25)
+    assert any(r["mean_smoothing"] > 0 for r in rows) and rows[0]["mean_smoothing"] == 0.0
+
+
+def test_extrapolated_confidence_runs_the_reference_per_step(tiny: str, tmp_path: Path) -> None:
+    pairs, _ = planted_pairs(16, 0.25)
+    summary = run_dpo(
+        tiny, tmp_path, pairs, section(epochs=2.0),
+        noise_detector=RollingQuantileDetector(RollingQuantileConfig(window=8, confidence="extrapolated")),
+        refiner=LabelSmoothingRefiner(LabelSmoothingConfig()), lam=0.5,
+    )
+    assert summary["extrapolated"] and not (tmp_path / "work" / "ref_logps.json").exists()
+    rows = read_metrics(tmp_path / "work")
+    # DND amplifies the policy's move away from the reference: |confidence margin| > |margin| once it moved.
+    assert abs(rows[-1]["confidence_margins"]) > abs(rows[-1]["margins"]) > 0
+
+
+@pytest.mark.parametrize("detector", ["rolling", "batch"])
+def test_resume_gives_identical_weights(tiny: str, tmp_path: Path, detector: str) -> None:
+    pairs, _ = planted_pairs(40, 0.2)
+    training = section(epochs=1.5, batch_size=4, gradient_accumulation_steps=2, lr_scheduler="cosine",
+                       warmup_ratio=0.2, checkpoint_every=2, keep_checkpoints=2)
+
+    def kwargs() -> dict:
+        det = (RollingQuantileDetector(RollingQuantileConfig(k=0.3, window=12, confidence="policy")) if detector == "rolling"
+               else BatchQuantileDetector(BatchQuantileConfig(k=0.25, confidence="policy")))
+        return dict(noise_detector=det, refiner=LabelSmoothingRefiner(LabelSmoothingConfig(alpha=0.2)))
+
+    full = run_dpo(tiny, tmp_path / "full", pairs, training, **kwargs())
+    stopped = run_dpo(tiny, tmp_path / "cut", pairs, training, stop_after=3, **kwargs())
+    assert stopped["stopped_early"] and not (tmp_path / "cut" / "out").exists()
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut" / "work")] == [2, 3]  # keep_checkpoints=2
+    resumed = run_dpo(tiny, tmp_path / "cut", pairs, training, **kwargs())
+    assert resumed["resumed_from"] == 3 and resumed["steps"] == full["steps"] == 8
+    a, b = params(tmp_path / "full" / "out"), params(tmp_path / "cut" / "out")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    full_rows, cut_rows = read_metrics(tmp_path / "full" / "work"), read_metrics(tmp_path / "cut" / "work")
+    # Every logged number (thresholds and flags included) matches; only the timing differs.
+    untimed = [[{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows] for rows in (full_rows, cut_rows)]
+    assert untimed[0] == untimed[1]
+
+
+class NaNAtCall(DPOLoss):
+    """The DPO loss, made NaN from its ``at``-th call on."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(DPOLossConfig(beta=0.1))
+        self.calls, self.at = 0, at
+
+    def __call__(self, *args: object, **kwargs: object):
+        losses, margins = super().__call__(*args, **kwargs)
+        self.calls += 1
+        if self.calls == self.at:
+            losses = losses * float("nan")
+        return losses, margins
+
+
+def test_nonfinite_fail_stops_with_a_clear_error(tiny: str, tmp_path: Path) -> None:
+    pairs, _ = planted_pairs(32, 0.0)
+    training = section(checkpoint_every=2, nonfinite="fail")
+    with pytest.raises(TrainingError, match=r"non-finite loss or gradient at optimiser step 3 of 4.*step-2"):
+        run_dpo(tiny, tmp_path, pairs, training, loss=NaNAtCall(3))
+    assert [s for s, _ in list_checkpoints(tmp_path / "work")] == [2]
+    assert not (tmp_path / "out").exists()
+    state = torch.load(tmp_path / "work" / "checkpoints" / "step-2" / "model.pt")
+    assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_nonfinite_skip_step_finishes(tiny: str, tmp_path: Path) -> None:
+    pairs, _ = planted_pairs(32, 0.0)
+    summary = run_dpo(tiny, tmp_path, pairs, section(nonfinite="skip_step"), loss=NaNAtCall(2))
+    assert summary["skipped_steps"] == 1 and summary["steps"] == 4
+    rows = read_metrics(tmp_path / "work")
+    assert [r["nonfinite"] for r in rows] == [False, True, False, False]
+    assert all(torch.isfinite(p).all() for p in params(tmp_path / "out").values())
+
+
+def test_sft_reduces_response_loss(tiny: str, tmp_path: Path) -> None:
+    rng = random.Random(0)
+    examples = []
+    for _ in range(32):
+        a = rng.randrange(10, 40)
+        examples.append({"prompt": [{"role": "user", "content": f"w{a}"}], "response": f"w{a + 1} w{a + 2}"})
+    model = load_model(tiny)
+    tokenizer = load_tokenizer(tiny)
+    summary = train_sft(
+        examples, model=model, tokenizer=tokenizer, output_dir=tmp_path / "out", work_dir=tmp_path / "work",
+        training=section(epochs=4.0, learning_rate=1e-2), seed=0, progress=False,
+    )
+    rows = read_metrics(tmp_path / "work")
+    print(f"sft loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
+    assert summary["steps"] == 16
+    assert rows[-1]["loss"] < 0.7 * rows[0]["loss"]
+    assert is_complete(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "llama"
