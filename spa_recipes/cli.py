@@ -133,7 +133,7 @@ def run(
         loaded = _load(recipe, overrides, allow_import)
         from spa_recipes.runner.run import execute
 
-        execute(loaded, fresh=fresh, progress=sys.stderr.isatty() if progress is None else progress)
+        execute(loaded, fresh=fresh, progress=progress)
 
 
 @app.command()

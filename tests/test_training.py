@@ -18,6 +18,7 @@ from spa_recipes.builtins import (
     NoneDetectorConfig,
     RollingQuantileConfig,
 )
+from spa_recipes.errors import DataError
 from spa_recipes.loss import DPOLoss
 from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.noise import BatchQuantileDetector, NoNoiseDetector, RollingQuantileDetector
@@ -52,16 +53,32 @@ def planted_pairs(n: int, flip_fraction: float, seed: int = 0) -> tuple[list[dic
 
 
 def section(**overrides: object) -> TrainingSection:
-    base = dict(epochs=1.0, learning_rate=5e-3, lr_scheduler="constant", warmup_ratio=0.0, batch_size=8,
-                max_length=32, max_prompt_length=16, max_grad_norm=1.0)
+    base = dict(
+        epochs=1.0,
+        learning_rate=5e-3,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        batch_size=8,
+        max_length=32,
+        max_prompt_length=16,
+        max_grad_norm=1.0,
+    )
     return TrainingSection(**{**base, **overrides})
 
 
 def run_dpo(tiny: str, tmp: Path, pairs: list[dict], training: TrainingSection, **kw: object) -> dict:
     args = dict(
-        policy_path=tiny, reference_path=tiny, output_dir=tmp / "out", work_dir=tmp / "work",
-        training=training, loss=DPOLoss(DPOLossConfig(beta=0.1)), noise_detector=NoNoiseDetector(NoneDetectorConfig()),
-        refiner=NoRefiner(), lam=0.0, seed=0, progress=False,
+        policy_path=tiny,
+        reference_path=tiny,
+        output_dir=tmp / "out",
+        work_dir=tmp / "work",
+        training=training,
+        loss=DPOLoss(DPOLossConfig(beta=0.1)),
+        noise_detector=NoNoiseDetector(NoneDetectorConfig()),
+        refiner=NoRefiner(),
+        lam=0.0,
+        seed=0,
+        progress=False,
     )
     return train_preference(pairs, **{**args, **kw})
 
@@ -80,15 +97,26 @@ def test_dpo_raises_the_margin(tiny: str, tmp_path: Path) -> None:
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert is_complete(tmp_path / "out") and (tmp_path / "out" / "generation_config.json").exists()
     assert load_tokenizer(str(tmp_path / "out")).chat_template
-    for key in ("epoch", "rewards_chosen", "rewards_rejected", "flagged_fraction", "threshold", "lr",
-                "tokens_per_s", "skipped_steps"):
+    for key in (
+        "epoch",
+        "rewards_chosen",
+        "rewards_rejected",
+        "flagged_fraction",
+        "threshold",
+        "lr",
+        "tokens_per_s",
+        "skipped_steps",
+    ):
         assert key in rows[-1]
 
 
 def test_refinement_flags_planted_noise(tiny: str, tmp_path: Path) -> None:
     pairs, flipped = planted_pairs(64, 0.2)
     summary = run_dpo(
-        tiny, tmp_path, pairs, section(epochs=2.0),
+        tiny,
+        tmp_path,
+        pairs,
+        section(epochs=2.0),
         noise_detector=BatchQuantileDetector(BatchQuantileConfig(k=0.25, confidence="policy")),
         refiner=LabelSmoothingRefiner(LabelSmoothingConfig(alpha=0.1, warmup_fraction=0.2)),
     )
@@ -97,8 +125,10 @@ def test_refinement_flags_planted_noise(tiny: str, tmp_path: Path) -> None:
     later = [i for r in rows[len(rows) // 4 :] for i in r["flagged_ids"]]
     precision = sum(i in flipped for i in later) / len(later)
     enrichment = precision / (len(flipped) / len(pairs))
-    print(f"P(planted|flagged) = {precision:.2f}, P(planted) = {len(flipped) / len(pairs):.2f}, "
-          f"enrichment = {enrichment:.2f}")
+    print(
+        f"P(planted|flagged) = {precision:.2f}, P(planted) = {len(flipped) / len(pairs):.2f}, "
+        f"enrichment = {enrichment:.2f}"
+    )
     assert enrichment > 1.5
     assert summary["mean_flagged_fraction"] == pytest.approx(0.25)
     assert any(r["mean_smoothing"] > 0 for r in rows) and rows[0]["mean_smoothing"] == 0.0
@@ -107,9 +137,13 @@ def test_refinement_flags_planted_noise(tiny: str, tmp_path: Path) -> None:
 def test_extrapolated_confidence_runs_the_reference_per_step(tiny: str, tmp_path: Path) -> None:
     pairs, _ = planted_pairs(16, 0.25)
     summary = run_dpo(
-        tiny, tmp_path, pairs, section(epochs=2.0),
+        tiny,
+        tmp_path,
+        pairs,
+        section(epochs=2.0),
         noise_detector=RollingQuantileDetector(RollingQuantileConfig(window=8, confidence="extrapolated")),
-        refiner=LabelSmoothingRefiner(LabelSmoothingConfig()), lam=0.5,
+        refiner=LabelSmoothingRefiner(LabelSmoothingConfig()),
+        lam=0.5,
     )
     assert summary["extrapolated"] and not (tmp_path / "work" / "ref_logps.json").exists()
     rows = read_metrics(tmp_path / "work")
@@ -120,12 +154,21 @@ def test_extrapolated_confidence_runs_the_reference_per_step(tiny: str, tmp_path
 @pytest.mark.parametrize("detector", ["rolling", "batch"])
 def test_resume_gives_identical_weights(tiny: str, tmp_path: Path, detector: str) -> None:
     pairs, _ = planted_pairs(40, 0.2)
-    training = section(epochs=1.5, batch_size=4, gradient_accumulation_steps=2, lr_scheduler="cosine",
-                       warmup_ratio=0.2, checkpoint_every=2, keep_checkpoints=2)
+    training = section(
+        epochs=1.5,
+        batch_size=4,
+        gradient_accumulation_steps=2,
+        lr_scheduler="cosine",
+        warmup_ratio=0.2,
+        checkpoint_every=2,
+        keep_checkpoints=2,
+    )
 
     def kwargs() -> dict:
-        det = (RollingQuantileDetector(RollingQuantileConfig(k=0.3, window=12, confidence="policy")) if detector == "rolling"
-               else BatchQuantileDetector(BatchQuantileConfig(k=0.25, confidence="policy")))
+        if detector == "rolling":
+            det = RollingQuantileDetector(RollingQuantileConfig(k=0.3, window=12, confidence="policy"))
+        else:
+            det = BatchQuantileDetector(BatchQuantileConfig(k=0.25, confidence="policy"))
         return dict(noise_detector=det, refiner=LabelSmoothingRefiner(LabelSmoothingConfig(alpha=0.2)))
 
     full = run_dpo(tiny, tmp_path / "full", pairs, training, **kwargs())
@@ -186,8 +229,14 @@ def test_sft_reduces_response_loss(tiny: str, tmp_path: Path) -> None:
     model = load_model(tiny)
     tokenizer = load_tokenizer(tiny)
     summary = train_sft(
-        examples, model=model, tokenizer=tokenizer, output_dir=tmp_path / "out", work_dir=tmp_path / "work",
-        training=section(epochs=4.0, learning_rate=1e-2), seed=0, progress=False,
+        examples,
+        model=model,
+        tokenizer=tokenizer,
+        output_dir=tmp_path / "out",
+        work_dir=tmp_path / "work",
+        training=section(epochs=4.0, learning_rate=1e-2),
+        seed=0,
+        progress=False,
     )
     rows = read_metrics(tmp_path / "work")
     print(f"sft loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
@@ -195,3 +244,16 @@ def test_sft_reduces_response_loss(tiny: str, tmp_path: Path) -> None:
     assert rows[-1]["loss"] < 0.7 * rows[0]["loss"]
     assert is_complete(tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_given_reference_logps_replace_the_reference_pass(tiny: str, tmp_path: Path) -> None:
+    pairs, _ = planted_pairs(16, 0.0)
+    run_dpo(tiny, tmp_path / "a", pairs, section())
+    cached = json.loads((tmp_path / "a" / "work" / "ref_logps.json").read_text())["logps"]
+    given = {i: (c, r) for i, (c, r) in cached.items()}
+    run_dpo(tiny, tmp_path / "b", pairs, section(), ref_logps=given, reference_path=str(tmp_path / "missing"))
+    assert not (tmp_path / "b" / "work" / "ref_logps.json").exists()
+    a, b = params(tmp_path / "a" / "out"), params(tmp_path / "b" / "out")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(DataError, match="no reference log-probs for pair"):
+        run_dpo(tiny, tmp_path / "c", pairs, section(), ref_logps={})

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
-
 from spa_recipes.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from spa_recipes.faults import fault_point
+from spa_recipes.progress import progress_bar
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -61,7 +61,7 @@ def run_sharded(
     done = {i for i in range(len(starts)) if shard_path(out, i).exists()}
     already = sum(min(shard_size, len(items) - i * shard_size) for i in done)
     rows: list[Row] = []
-    with tqdm(total=len(items), initial=already, desc=desc or None, unit="item", dynamic_ncols=True) as bar:
+    with progress_bar(len(items), desc or out.name, initial=already) as bar:
         for index, start in enumerate(starts):
             path = shard_path(out, index)
             if index in done:
@@ -69,6 +69,7 @@ def run_sharded(
                 continue
             chunk = list(items[start : start + shard_size])
             write_jsonl_atomic(path, fn(index, chunk))
+            fault_point(path)
             # Read back, so a fresh run returns exactly what a resumed one would (JSON types, key order).
             rows.extend(read_jsonl(path))
             bar.update(len(chunk))

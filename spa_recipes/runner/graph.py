@@ -111,7 +111,7 @@ def build_graph(recipe: Recipe) -> list[Stage]:
                                 config=evaluation))
         previous = f"{prefix}_train"
     stages.append(Stage("report", "report", [s.name for s in stages if s.kind in {"eval", "split", "pairs"}],
-                        config={"run": r["run"]}))
+                        config={}))
     _fingerprint(stages)
     return stages
 

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from spa_recipes.atomic import MARKER, is_complete, write_json_atomic, write_text_atomic
+from spa_recipes.progress import set_progress
 from spa_recipes.recipe import recipe_to_dict
 from spa_recipes.registry import get_registry
 from spa_recipes.runner.graph import Stage, build_graph
@@ -58,7 +59,6 @@ class RunContext:
     recipe: Recipe
     run_dir: Path
     stages: dict[str, Stage]
-    progress: bool = True
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def stage_dir(self, name: str) -> Path:
@@ -112,13 +112,13 @@ def _say(message: str) -> None:
     log.info(message)
 
 
-def execute(recipe: Recipe, *, fresh: bool = False, progress: bool = True) -> Path:
+def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None) -> Path:
     """Run (or resume) every stage of the recipe's graph.
 
     Args:
         recipe: a validated recipe.
         fresh: delete the run directory first.
-        progress: show progress bars.
+        progress: tqdm bars (True), log lines (False), or bars only on a terminal (None).
 
     Returns:
         The run directory.
@@ -128,10 +128,12 @@ def execute(recipe: Recipe, *, fresh: bool = False, progress: bool = True) -> Pa
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(run_dir)
+    set_progress(progress)
+    _quiet_libraries()
     try:
         graph = build_graph(recipe)
         write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-        ctx = RunContext(recipe, run_dir, {s.name: s for s in graph}, progress)
+        ctx = RunContext(recipe, run_dir, {s.name: s for s in graph})
         manifest = read_manifest(run_dir)
         _say(f"run {recipe.run.name}: {len(graph)} stages in {run_dir}")
         for stage in graph:
@@ -141,6 +143,14 @@ def execute(recipe: Recipe, *, fresh: bool = False, progress: bool = True) -> Pa
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _quiet_libraries() -> None:
+    """Our own progress lines say what is happening; the libraries' per-load bars only add noise."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any]) -> None:

@@ -47,7 +47,6 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         dtype=recipe.models.dtype,
         mixed_precision=recipe.distributed.mixed_precision,
         ref_logps=ref_logps,
-        progress=ctx.progress,
     )
     return {"pairs": len(pairs), "lambda": lam, **{k: v for k, v in summary.items() if not isinstance(v, dict | list)}}
 

@@ -334,8 +334,12 @@ def run_training_loop(
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
-    fingerprint = {"num_examples": num_examples, "total_steps": plan.total_steps, "seed": seed,
-                   "num_processes": accelerator.num_processes}
+    fingerprint = {
+        "num_examples": num_examples,
+        "total_steps": plan.total_steps,
+        "seed": seed,
+        "num_processes": accelerator.num_processes,
+    }
     loop_state: dict[str, Any] = {"step": 0, "skipped_steps": 0, "final_loss": float("nan"), **fingerprint}
     resumed_from = None
     checkpoints = list_checkpoints(work_dir)
@@ -357,8 +361,9 @@ def run_training_loop(
 
     step = loop_state["step"]
     history: list[dict[str, Any]] = []
-    bar = tqdm(total=plan.total_steps, initial=step, desc=description,
-               disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(
+        total=plan.total_steps, initial=step, desc=description, disable=not (progress and accelerator.is_main_process)
+    )
     max_norm = training.max_grad_norm if training.max_grad_norm is not None else float("inf")
     batches: list[list[int]] = []
     batches_epoch = -1
@@ -374,8 +379,12 @@ def run_training_loop(
             epoch = micro // plan.micro_per_epoch
             if epoch != batches_epoch:
                 batches = epoch_batches(
-                    num_examples, seed=seed, epoch=epoch, batch_size=training.batch_size,
-                    num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+                    num_examples,
+                    seed=seed,
+                    epoch=epoch,
+                    batch_size=training.batch_size,
+                    num_processes=accelerator.num_processes,
+                    process_index=accelerator.process_index,
                 )
                 batches_epoch = epoch
             last = micro == micro_indices[-1]
@@ -434,8 +443,15 @@ def run_training_loop(
         due = training.checkpoint_every and step % training.checkpoint_every == 0 and step < plan.total_steps
         if due or stopping:
             save_checkpoint(
-                accelerator, work_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
-                loop_state=loop_state, stateful=stateful, keep=training.keep_checkpoints,
+                accelerator,
+                work_dir,
+                step,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                loop_state=loop_state,
+                stateful=stateful,
+                keep=training.keep_checkpoints,
             )
         if stopping:
             stopped_early = True

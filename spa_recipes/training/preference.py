@@ -13,6 +13,7 @@ policy; the detector's flags -> the refiner's smoothing and weight -> ``mean(wei
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,7 @@ def encode_pairs(
             raise DataError(f"preference pair {row.get('id', f'#{n}')}: missing {', '.join(missing)}")
         prompt = encode_prompt(tokenizer, row["prompt"], training.max_prompt_length)
         chosen.append(join_prompt_response(prompt, encode_response(tokenizer, row["chosen"]), training.max_length))
-        rejected.append(
-            join_prompt_response(prompt, encode_response(tokenizer, row["rejected"]), training.max_length)
-        )
+        rejected.append(join_prompt_response(prompt, encode_response(tokenizer, row["rejected"]), training.max_length))
     return chosen, rejected
 
 
@@ -110,12 +109,17 @@ def _precomputed_reference(
 
     cache = work_dir / REF_LOGPS_CACHE
     ids = [str(row["id"]) for row in pairs]
+    # The cache is valid only for the same reference, pairs and tokenization.
+    key = {
+        "reference": reference_path,
+        "dtype": dtype,
+        "ids": ids,
+        "lengths": [len(c[0]) + len(r[0]) for c, r in zip(chosen, rejected, strict=True)],
+    }
     if cache.exists():
-        import json
-
         stored = json.loads(cache.read_text())
-        if set(stored) == set(ids):
-            return torch.tensor([stored[i] for i in ids], dtype=torch.float32)
+        if stored.get("key") == key:
+            return torch.tensor([stored["logps"][i] for i in ids], dtype=torch.float32)
     # Same folder for policy and reference (seed DPO): the policy, before its first step, is the reference.
     model = policy if policy_path == reference_path else load_model(reference_path, dtype, accelerator.device)
     was_training = model.training
@@ -131,7 +135,7 @@ def _precomputed_reference(
     if model is not policy:
         del model
     if accelerator.is_main_process:
-        write_json_atomic(cache, {ids[i]: list(merged[i]) for i in range(len(pairs))})
+        write_json_atomic(cache, {"key": key, "logps": {ids[i]: list(merged[i]) for i in range(len(pairs))}})
     accelerator.wait_for_everyone()
     return torch.tensor([merged[i] for i in range(len(pairs))], dtype=torch.float32)
 
@@ -207,8 +211,16 @@ def train_preference(
     else:
         work_dir.mkdir(parents=True, exist_ok=True)
         ref_table = _precomputed_reference(
-            pairs, chosen, rejected, policy=policy, policy_path=policy_path, reference_path=reference_path,
-            dtype=dtype, pad_id=pad_id, batch_size=training.batch_size, accelerator=accelerator,
+            pairs,
+            chosen,
+            rejected,
+            policy=policy,
+            policy_path=policy_path,
+            reference_path=reference_path,
+            dtype=dtype,
+            pad_id=pad_id,
+            batch_size=training.batch_size,
+            accelerator=accelerator,
             work_dir=work_dir,
         )
     ids = [str(row["id"]) for row in pairs]

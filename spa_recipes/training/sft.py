@@ -82,8 +82,16 @@ def train_sft(
         )
 
     result = run_training_loop(
-        accelerator=accelerator, model=model, num_examples=len(encoded), compute=compute, training=training,
-        seed=seed, work_dir=work_dir, progress=progress, description="sft", stop_after=stop_after,
+        accelerator=accelerator,
+        model=model,
+        num_examples=len(encoded),
+        compute=compute,
+        training=training,
+        seed=seed,
+        work_dir=work_dir,
+        progress=progress,
+        description="sft",
+        stop_after=stop_after,
     )
     if not result.stopped_early and accelerator.is_main_process:
         with atomic_dir(output_dir) as tmp:

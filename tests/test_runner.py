@@ -1,0 +1,129 @@
+"""The runner end to end through the real CLI: run directory, results, resume after SIGKILL, partial re-runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "recipes" / "tiny_spa.yaml"
+# tiny_spa.yaml shrunk by overrides only: two iterations, small prompt sets, small shards and checkpoints,
+# so that every stage has several shards or checkpoints to be cut off between.
+SHRUNK = [
+    "data.num_prompts=200",
+    "data.sft_demonstrations=600",
+    "split.seed_size=16",
+    "split.prompts_per_iteration=48",
+    "split.eval_holdout=24",
+    "iterations=2",
+    "noise_detector.lambda=[0.5,0.25]",
+    "generation.max_new_tokens=16",
+    "generation.shard_size=16",
+    "training.sft.epochs=1",
+    "training.seed.epochs=1",
+    "training.iteration.batch_size=8",
+    "training.iteration.checkpoint_every=2",
+    "evaluation.samples_per_prompt=1",
+]
+
+
+def spa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spa_recipes", *args],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600,
+    )
+
+
+def run_tiny(out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return spa("run", str(TINY), *SHRUNK, f"run.output_dir={out}", "run.name=t", "--no-progress", *extra, env=env)
+
+
+def started_stages(stdout: str) -> list[str]:
+    return [line[2:].split()[0] for line in stdout.splitlines() if line.startswith("> ")]
+
+
+def model_weights(run_dir: Path, stage: str) -> dict:
+    return load_file(run_dir / stage / "model" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    result = run_tiny(out)
+    assert result.returncode == 0, result.stderr
+    return out / "t"
+
+
+def test_run_directory_layout_and_results(reference_run: Path) -> None:
+    run_dir = reference_run
+    for name in ("recipe.yaml", "manifest.json", "metrics.jsonl", "run.log", "results.json", "report.md"):
+        assert (run_dir / name).is_file(), name
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    expected = ["split", "sft", "seed_dpo", "eval_baseline", "eval_seed_dpo"]
+    for i in (1, 2):
+        expected += [f"iter{i}_{s}" for s in ("generate", "judge", "pairs", "train", "eval")]
+    expected.append("report")
+    assert sorted(manifest["stages"]) == sorted(expected)
+    for name, entry in manifest["stages"].items():
+        assert entry["status"] == "done", name
+        assert (run_dir / name / ".complete").exists(), name
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [m["model"] for m in results["models"]] == ["seed_dpo", "iter1_train", "iter2_train"]
+    for m in results["models"]:
+        assert {"model", "iteration", "evaluator", "win_rate", "lc_win_rate", "n"} <= set(m)
+        assert m["evaluator"] == "gold" and m["n"] == 24 and 0 <= m["win_rate"] <= 100
+    assert [it["iteration"] for it in results["iterations"]] == [1, 2]
+    for it in results["iterations"]:
+        assert 0 <= it["agreement_with_gold"] <= 100
+    stats = json.loads((run_dir / "split" / "stats.json").read_text())
+    assert stats["disjoint"] and stats["seed"] == 16 and stats["prompts_per_iteration"] == [48, 48]
+    status = spa("status", str(run_dir))
+    assert status.returncode == 0
+    assert status.stdout.count(" done ") == len(expected)
+
+
+def test_rerun_skips_everything(reference_run: Path, tmp_path: Path) -> None:
+    shutil.copytree(reference_run, tmp_path / "t")
+    result = run_tiny(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert started_stages(result.stdout) == []
+
+
+def test_override_of_last_iteration_reruns_only_its_stages(reference_run: Path, tmp_path: Path) -> None:
+    shutil.copytree(reference_run, tmp_path / "t")
+    result = run_tiny(tmp_path, "noise_detector.lambda=[0.5,0.1]")
+    assert result.returncode == 0, result.stderr
+    assert started_stages(result.stdout) == ["iter2_train", "iter2_eval", "report"]
+
+
+def test_sigkill_in_generation_judging_and_training_then_resume(reference_run: Path, tmp_path: Path) -> None:
+    kill_points = [
+        "iter1_generate/shards/shard-00001.jsonl",
+        "iter1_judge/shards/reference/shard-00001.jsonl",
+        "iter2_train/work/checkpoints/step-4",
+    ]
+    for point in kill_points:
+        killed = run_tiny(tmp_path, env={"SPA_RECIPES_KILL_AT": point})
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stdout[-2000:], killed.stderr[-2000:])
+        stage = point.split("/")[0]
+        assert "(resuming)" in killed.stdout or point == kill_points[0]
+        assert started_stages(killed.stdout)[-1] == stage
+    status = spa("status", str(tmp_path / "t"))
+    assert "cut off" in status.stdout
+    final = run_tiny(tmp_path)
+    assert final.returncode == 0, final.stderr
+    assert started_stages(final.stdout)[0] == "iter2_train"
+    assert "iter2_train (resuming)" in final.stdout
+    for stage in ("iter1_train", "iter2_train"):
+        ours, theirs = model_weights(tmp_path / "t", stage), model_weights(reference_run, stage)
+        assert ours.keys() == theirs.keys()
+        assert all((ours[k] == theirs[k]).all() for k in ours), stage
+    assert (tmp_path / "t" / "results.json").read_text() == (reference_run / "results.json").read_text()
