@@ -1,0 +1,20 @@
+"""The ``length_guard`` arguments: the one source of their defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LengthGuardConfig(BaseModel):
+    """min_max pair selection with a cap on how much longer (in words) chosen may be than rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    max_length_ratio: float = Field(
+        1.5, gt=0.0, description="drop a pair whose chosen has more than this many times the rejected's words"
+    )
+    symmetric: bool = Field(False, description="also drop a pair whose rejected is that much longer than chosen")
+    ties: Literal["keep", "drop"] = Field("keep", description="pairs whose scores are equal")
+    drop_identical: bool = Field(True, description="drop pairs whose two responses are the same text")
