@@ -209,5 +209,5 @@ def register_builtins(registry: Registry) -> None:
     r("loss", "dpo", config=DPOLossConfig, builder="spa_recipes.loss:DPOLoss", help="sigmoid DPO")
     r("evaluator", "gold", config=GoldEvaluatorConfig, builder="spa_recipes.toyworld.gold:GoldJudge",
       help="toy world's gold preference")
-    r("logger", "jsonl", config=JsonlLoggerConfig, builder="spa_recipes.logging:JsonlLogger",
+    r("logger", "jsonl", config=JsonlLoggerConfig, builder="spa_recipes.loggers:JsonlLogger",
       help="metrics.jsonl per stage")

@@ -50,6 +50,9 @@ def _guard() -> Iterator[None]:
         for line in exc.problems:
             typer.secho(f"error: {line}", err=True, fg="red")
         raise typer.Exit(2) from None
+    except BrokenPipeError:  # `spa-recipe show ... | head`: the reader has what it wanted
+        sys.stderr.close()
+        raise typer.Exit(0) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None

@@ -4,7 +4,7 @@ Run directory layout::
 
     runs/<name>/recipe.yaml      the resolved recipe (every default)
     runs/<name>/manifest.json    per stage: fingerprint, status, times, summary
-    runs/<name>/metrics.jsonl    one line per finished stage (its summary)
+    runs/<name>/metrics.jsonl    one line per finished stage (its summary), from the jsonl logger
     runs/<name>/run.log          the log of every invocation
     runs/<name>/<stage>/         one folder per stage; `.fingerprint` when started, `.complete` when finished
     runs/<name>/results.json     written by the report stage
@@ -82,6 +82,15 @@ class RunContext:
         if "source" not in self._cache:
             self._cache["source"] = self.build(self.recipe.data, "dataset")
         return self._cache["source"]
+
+    @property
+    def loggers(self) -> list[Any]:
+        """The recipe's loggers (built once per process)."""
+        if "loggers" not in self._cache:
+            self._cache["loggers"] = [
+                self.build(spec, "logger", run_dir=self.run_dir) for spec in self.recipe.logging.loggers
+            ]
+        return self._cache["loggers"]
 
     def seed_for(self, stage: Stage) -> int:
         """A per-stage seed derived from the run seed, stable across processes and resumes."""
@@ -181,8 +190,8 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any]) -> None:
         "seconds": seconds, "summary": summary,
     }
     write_json_atomic(ctx.run_dir / "manifest.json", manifest)
-    with open(ctx.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"stage": stage.name, "seconds": seconds, **summary}, sort_keys=True) + "\n")
+    for logger in ctx.loggers:
+        logger.log_stage(stage.name, seconds, summary)
     shown = ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if not isinstance(v, dict | list))
     _say(f"  {stage.name} done in {seconds:.1f}s{': ' + shown if shown else ''}")
 
