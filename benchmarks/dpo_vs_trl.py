@@ -43,20 +43,43 @@ def make_pairs(n: int, vocab_words: int, seed: int = 0) -> list[dict]:
         return " ".join(f"w{rng.randrange(vocab_words)}" for _ in range(rng.randrange(lo, hi)))
 
     return [
-        {"id": str(i), "prompt": [{"role": "user", "content": text(10, 40)}], "chosen": text(20, 80),
-         "rejected": text(20, 80)}
+        {
+            "id": str(i),
+            "prompt": [{"role": "user", "content": text(10, 40)}],
+            "chosen": text(20, 80),
+            "rejected": text(20, 80),
+        }
         for i in range(n)
     ]
 
 
 def run_ours(model: str, pairs: list[dict], args: argparse.Namespace, tmp: Path) -> float:
-    training = TrainingSection(epochs=1.0, learning_rate=1e-4, lr_scheduler="cosine", warmup_ratio=0.1,
-                               batch_size=args.batch_size, max_length=256, max_prompt_length=128, max_grad_norm=1.0)
+    training = TrainingSection(
+        epochs=1.0,
+        learning_rate=1e-4,
+        lr_scheduler="cosine",
+        warmup_ratio=0.1,
+        batch_size=args.batch_size,
+        max_length=256,
+        max_prompt_length=128,
+        max_grad_norm=1.0,
+    )
     start = time.perf_counter()
     train_preference(
-        pairs, policy_path=model, reference_path=model, output_dir=tmp / "out", work_dir=tmp / "work",
-        training=training, loss=DPOLoss(DPOLossConfig(beta=0.1)), noise_detector=NoNoiseDetector(NoneDetectorConfig()),
-        refiner=NoRefiner(), lam=0.0, seed=0, dtype="float32", mixed_precision="no", progress=False,
+        pairs,
+        policy_path=model,
+        reference_path=model,
+        output_dir=tmp / "out",
+        work_dir=tmp / "work",
+        training=training,
+        loss=DPOLoss(DPOLossConfig(beta=0.1)),
+        noise_detector=NoNoiseDetector(NoneDetectorConfig()),
+        refiner=NoRefiner(),
+        lam=0.0,
+        seed=0,
+        dtype="float32",
+        mixed_precision="no",
+        progress=False,
     )
     return time.perf_counter() - start
 
@@ -67,19 +90,36 @@ def run_trl(model_path: str, pairs: list[dict], args: argparse.Namespace, tmp: P
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = load_tokenizer(model_path)
-    rows = [{"prompt": render_prompt(tokenizer, p["prompt"]), "chosen": p["chosen"], "rejected": p["rejected"]}
-            for p in pairs]
+    rows = [
+        {"prompt": render_prompt(tokenizer, p["prompt"]), "chosen": p["chosen"], "rejected": p["rejected"]}
+        for p in pairs
+    ]
     config = DPOConfig(
-        output_dir=str(tmp / "trl"), per_device_train_batch_size=args.batch_size, num_train_epochs=1,
-        learning_rate=1e-4, lr_scheduler_type="cosine", warmup_ratio=0.1, beta=0.1, max_length=256,
-        max_grad_norm=1.0, use_cpu=True, bf16=False, gradient_checkpointing=False, precompute_ref_log_probs=True,
-        report_to=[], save_strategy="no", logging_steps=10_000, seed=0, disable_tqdm=True,
+        output_dir=str(tmp / "trl"),
+        per_device_train_batch_size=args.batch_size,
+        num_train_epochs=1,
+        learning_rate=1e-4,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        beta=0.1,
+        max_length=256,
+        max_grad_norm=1.0,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        precompute_ref_log_probs=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10_000,
+        seed=0,
+        disable_tqdm=True,
     )
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    trainer = DPOTrainer(model=model, ref_model=ref, args=config, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
+    trainer = DPOTrainer(
+        model=model, ref_model=ref, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     trainer.train()
     return time.perf_counter() - start
 
@@ -102,20 +142,25 @@ def main() -> None:
         tokens = 0
         for p in pairs:
             prompt = len(encode_prompt(tokenizer, p["prompt"]))
-            tokens += 2 * prompt + len(encode_response(tokenizer, p["chosen"])) + len(encode_response(tokenizer, p["rejected"]))
+            for response in (p["chosen"], p["rejected"]):
+                tokens += prompt + len(encode_response(tokenizer, response))
         times: dict[str, list[float]] = {"ours": [], "trl": []}
         for r in range(args.repeats):
             times["ours"].append(run_ours(model, pairs, args, tmp / f"ours{r}"))
             times["trl"].append(run_trl(model, pairs, args, tmp / f"trl{r}"))
     best = {k: min(v) for k, v in times.items()}
-    print(f"{args.pairs} pairs, {tokens} tokens/epoch, Llama hidden {args.hidden} x {args.layers} layers, "
-          f"vocab {args.vocab}, batch {args.batch_size}, fp32, {torch.get_num_threads()} threads")
+    print(
+        f"{args.pairs} pairs, {tokens} tokens/epoch, Llama hidden {args.hidden} x {args.layers} layers, "
+        f"vocab {args.vocab}, batch {args.batch_size}, fp32, {torch.get_num_threads()} threads"
+    )
     for name in ("ours", "trl"):
         runs = ", ".join(f"{t:.1f}s" for t in times[name])
         print(f"  {name:5s} best {best[name]:.1f}s  {tokens / best[name]:8.0f} tokens/s   (runs: {runs})")
     print(f"  ratio ours/trl (tokens/s): {best['trl'] / best['ours']:.2f}")
-    print(f"reproduce: .venv/bin/python benchmarks/dpo_vs_trl.py --pairs {args.pairs} --batch-size {args.batch_size} "
-          f"--hidden {args.hidden} --layers {args.layers} --vocab {args.vocab} --repeats {args.repeats}")
+    print(
+        f"reproduce: .venv/bin/python benchmarks/dpo_vs_trl.py --pairs {args.pairs} --batch-size {args.batch_size} "
+        f"--hidden {args.hidden} --layers {args.layers} --vocab {args.vocab} --repeats {args.repeats}"
+    )
 
 
 if __name__ == "__main__":

@@ -87,8 +87,14 @@ class RunContext:
     def loggers(self) -> list[Any]:
         """The recipe's loggers (built once per process)."""
         if "loggers" not in self._cache:
-            self._cache["loggers"] = [
-                self.build(spec, "logger", run_dir=self.run_dir) for spec in self.recipe.logging.loggers
+            from spa_recipes.builtins import JsonlLoggerConfig
+            from spa_recipes.loggers import JsonlLogger
+
+            always = JsonlLogger(JsonlLoggerConfig(), run_dir=self.run_dir)  # metrics.jsonl, whatever else is chosen
+            self._cache["loggers"] = [always] + [
+                self.build(spec, "logger", run_dir=self.run_dir)
+                for spec in self.recipe.logging.loggers
+                if spec.name != "jsonl"
             ]
         return self._cache["loggers"]
 
