@@ -414,12 +414,12 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     problems = []
     t = recipe.iterations
     per_iteration = recipe.split.prompts_per_iteration
-    if isinstance(per_iteration, list) and len(per_iteration) != t:
+    if isinstance(per_iteration, list) and len(per_iteration) != t and t > 0:
         problems.append(
             f"split.prompts_per_iteration: {len(per_iteration)} values for iterations={t}; give one value or {t}"
         )
     lam = getattr(recipe.noise_detector.args, "lambda_", None)
-    if isinstance(lam, list) and len(lam) != t:
+    if isinstance(lam, list) and len(lam) != t and t > 0:
         problems.append(f"noise_detector.lambda: {len(lam)} values for iterations={t}; give one value or {t}")
     sft_stage = recipe.training.sft is not None
     if recipe.models.sft is None and not sft_stage:
