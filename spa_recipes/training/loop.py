@@ -40,6 +40,8 @@ import torch
 
 from spa_recipes.atomic import atomic_dir, is_complete
 from spa_recipes.errors import UserError
+from spa_recipes.faults import fault_point
+from spa_recipes.progress import progress_bar
 from spa_recipes.schema import TrainingSection
 
 CHECKPOINTS = "checkpoints"
@@ -203,6 +205,7 @@ def save_checkpoint(
             (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=2, sort_keys=True))
         for _, old in list_checkpoints(work_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        fault_point(work_dir / CHECKPOINTS / f"step-{step}")
     accelerator.wait_for_everyone()
 
 
@@ -310,7 +313,7 @@ def run_training_loop(
         seed: seed of the data order (and of torch/python/numpy RNGs at the start).
         work_dir: checkpoints and ``metrics.jsonl`` go here; an existing complete checkpoint is resumed.
         stateful: per-process components saved with every checkpoint (e.g. ``{"detector": d}``).
-        progress: show a tqdm bar on the main process.
+        progress: show progress (spa_recipes.progress) on the main process.
         description: the bar's label.
         stop_after: stop (as if cut off) after this many optimiser steps, once that step's checkpoint is
             written; for splitting a run across job slots and for resume tests.
@@ -323,7 +326,6 @@ def run_training_loop(
             checkpoint is left as it was), or a checkpoint from a different configuration.
     """
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     stateful = stateful or {}
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -361,8 +363,8 @@ def run_training_loop(
 
     step = loop_state["step"]
     history: list[dict[str, Any]] = []
-    bar = tqdm(
-        total=plan.total_steps, initial=step, desc=description, disable=not (progress and accelerator.is_main_process)
+    bar = progress_bar(
+        plan.total_steps, description, initial=step, unit="step", enabled=progress and accelerator.is_main_process
     )
     max_norm = training.max_grad_norm if training.max_grad_norm is not None else float("inf")
     batches: list[list[int]] = []
