@@ -127,3 +127,51 @@ def test_sigkill_in_generation_judging_and_training_then_resume(reference_run: P
         assert ours.keys() == theirs.keys()
         assert all((ours[k] == theirs[k]).all() for k in ours), stage
     assert (tmp_path / "t" / "results.json").read_text() == (reference_run / "results.json").read_text()
+
+
+class _LabelReadTracker(dict):
+    """A preference row that records which modules read its labels."""
+
+    reads: list[tuple[str, set[str]]] = []
+
+    def __getitem__(self, key: str):  # noqa: ANN204
+        if key in ("chosen", "rejected"):
+            _LabelReadTracker.reads.append((dict.__getitem__(self, "id"), _stage_modules()))
+        return dict.__getitem__(self, key)
+
+    def get(self, key: str, default=None):  # noqa: ANN001, ANN201
+        return self[key] if key in self else default
+
+
+def _stage_modules() -> set[str]:
+    import inspect
+
+    return {f.frame.f_globals.get("__name__", "") for f in inspect.stack()} & {
+        f"spa_recipes.stages.{m}" for m in ("split", "sft", "dpo", "generate", "judge", "pairs", "evaluate", "report")
+    }
+
+
+def test_gold_is_read_only_by_split_and_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spa_recipes.recipe import load_recipe
+    from spa_recipes.runner.run import execute
+    from spa_recipes.toyworld.world import ToyWorld
+
+    gold_calls: list[set[str]] = []
+    real_rows, real_gold = ToyWorld.rows, ToyWorld.gold_score
+    monkeypatch.setattr(ToyWorld, "rows", lambda self: [_LabelReadTracker(r) for r in real_rows(self)])
+
+    def gold_score(self, prompt, response):  # noqa: ANN001, ANN202
+        gold_calls.append(_stage_modules())
+        return real_gold(self, prompt, response)
+
+    monkeypatch.setattr(ToyWorld, "gold_score", gold_score)
+    _LabelReadTracker.reads = []
+    overrides = [o for o in SHRUNK if not o.startswith(("iterations", "noise_detector"))]
+    recipe = load_recipe(TINY, [*overrides, "iterations=1", "noise_detector.lambda=[0.5]", f"run.output_dir={tmp_path}", "run.name=g"])
+    execute(recipe, progress=False)
+
+    assert gold_calls and all(mods == {"spa_recipes.stages.evaluate"} for mods in gold_calls)
+    assert _LabelReadTracker.reads and all(mods == {"spa_recipes.stages.split"} for _, mods in _LabelReadTracker.reads)
+    for name in ("prompts_1.jsonl", "eval.jsonl"):
+        rows = [json.loads(line) for line in (tmp_path / "g" / "split" / name).read_text().splitlines()]
+        assert rows and all(set(r) == {"id", "prompt"} for r in rows)

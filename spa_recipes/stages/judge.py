@@ -23,6 +23,7 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         max_prompt_length=recipe.training.iteration.max_prompt_length,
         max_length=recipe.training.iteration.max_length,
         world=ctx.source,
+        shard_size=recipe.generation.args.shard_size,
     )
     scored = judge.score(rows, out_dir=out / "shards")
     write_jsonl_atomic(out / "scores.jsonl", scored)
