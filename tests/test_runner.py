@@ -140,7 +140,7 @@ class _LabelReadTracker(dict):
         return dict.__getitem__(self, key)
 
     def get(self, key: str, default=None):  # noqa: ANN001, ANN201
-        return self[key] if key in self else default
+        return self[key] if key in self else default  # noqa: SIM401 - must go through __getitem__
 
 
 def _stage_modules() -> set[str]:
@@ -167,7 +167,8 @@ def test_gold_is_read_only_by_split_and_eval(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(ToyWorld, "gold_score", gold_score)
     _LabelReadTracker.reads = []
     overrides = [o for o in SHRUNK if not o.startswith(("iterations", "noise_detector"))]
-    recipe = load_recipe(TINY, [*overrides, "iterations=1", "noise_detector.lambda=[0.5]", f"run.output_dir={tmp_path}", "run.name=g"])
+    overrides += ["iterations=1", "noise_detector.lambda=[0.5]", f"run.output_dir={tmp_path}", "run.name=g"]
+    recipe = load_recipe(TINY, overrides)
     execute(recipe, progress=False)
 
     assert gold_calls and all(mods == {"spa_recipes.stages.evaluate"} for mods in gold_calls)
