@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from spa_recipes.errors import UserError
@@ -24,5 +25,7 @@ def find_shipped_recipe(name: str) -> Path:
     candidate = SHIPPED_RECIPES / (name if name.endswith(".yaml") else f"{name}.yaml")
     if candidate.is_file():
         return candidate
-    names = ", ".join(str(p.relative_to(SHIPPED_RECIPES)) for p in shipped_recipes())
-    raise UserError(f"no shipped recipe '{name}'; shipped: {names}")
+    names = [str(p.relative_to(SHIPPED_RECIPES)) for p in shipped_recipes()]
+    close = difflib.get_close_matches(name, [n.removesuffix(".yaml") for n in names], n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise UserError(f"no shipped recipe '{name}'{hint}; shipped: {', '.join(names)}")

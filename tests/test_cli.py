@@ -146,7 +146,8 @@ def test_cp_then_validate_from_elsewhere(tmp_path: Path) -> None:
     assert again.returncode == 2 and "already exists" in again.stderr
     unknown = cli("cp", "tiny_sap", str(tmp_path / "x.yaml"))
     assert unknown.returncode == 2
-    assert "no shipped recipe 'tiny_sap'; shipped: base/spa_paper.yaml, tiny_spa.yaml" in unknown.stderr
+    assert "no shipped recipe 'tiny_sap' (did you mean 'tiny_spa'?)" in unknown.stderr
+    assert "base/spa_paper.yaml" in unknown.stderr and "tiny_spa.yaml" in unknown.stderr
     assert cli("cp", "base/spa_paper.yaml", str(tmp_path / "new" / "paper.yaml")).returncode == 0
     assert (tmp_path / "new" / "paper.yaml").is_file()
 

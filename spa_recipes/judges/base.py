@@ -13,6 +13,7 @@ Judges may add fields of their own (the implicit judge adds ``"policy_logps"``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,3 +35,41 @@ class Judge(Protocol):
             The rows, in order, each with ``"scores"`` and ``"valid"`` (K entries each) added.
         """
         ...
+
+
+def judge_in_shards(
+    rows: list[Row],
+    judge_rows: Callable[[list[Row]], list[Row]],
+    out_dir: Path | None,
+    shard_size: int,
+    desc: str,
+) -> list[Row]:
+    """Run a judge over rows, shard by shard and resumable when ``out_dir`` is given.
+
+    Args:
+        rows: generated rows (``"id"``, ``"prompt"``, ``"responses"``).
+        judge_rows: maps a chunk of rows to one dict per row holding only the fields the judge adds
+            (``"scores"``, ``"valid"``, ...).
+        out_dir: folder of the shard files; ``None`` judges everything at once and keeps nothing on disk.
+        shard_size: rows per shard (must stay the same across restarts of one ``out_dir``).
+        desc: label of the progress bar.
+
+    Returns:
+        The input rows, in order, each merged with the fields its judgement added.
+
+    Raises:
+        ValueError: the shards on disk are for other rows (their ids differ).
+    """
+    from spa_recipes.generation.shards import run_sharded
+
+    def shard(_: int, chunk: list[Row]) -> list[Row]:
+        # Shards keep the id and the judgement only; the rows themselves are the caller's.
+        return [{"id": row["id"], **added} for row, added in zip(chunk, judge_rows(chunk), strict=True)]
+
+    judged = shard(0, rows) if out_dir is None else run_sharded(rows, shard_size, out_dir, shard, desc=desc)
+    out = []
+    for row, added in zip(rows, judged, strict=True):
+        if added["id"] != row["id"]:
+            raise ValueError(f"{out_dir}: judged shards are for other rows (row {row['id']!r}); remove the folder")
+        out.append({**row, **added})
+    return out
