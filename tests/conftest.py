@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
+# One thread per process: the tests are many small models, and two threads on a shared 2-core machine
+# oversubscribe it (a 0.15 s training took 20 s). Set before torch loads; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from helpers_tiny import make_tiny_model
 
 

@@ -67,7 +67,8 @@ def test_extends_single_inherits_the_base() -> None:
     assert recipe.refiner.args.alpha == 0.1
     # Set by both; the recipe wins:
     assert recipe.generation.args.max_new_tokens == 32
-    assert recipe.training.iteration.learning_rate == 5.0e-5
+    tiny = yaml.safe_load(TINY.read_text())
+    assert recipe.training.iteration.learning_rate == tiny["training"]["iteration"]["learning_rate"] != 5.0e-7
 
 
 def test_precedence_defaults_bases_recipe_command_line(tmp_path: Path) -> None:
@@ -121,7 +122,8 @@ def test_overrides_nested_lists_and_strings() -> None:
     assert recipe.run.name == "my run with spaces"
     assert recipe.run.output_dir == "/tmp/out: quoted"
     assert recipe.models.base.args.hidden_size == 32
-    assert recipe.models.base.args.num_layers == 2  # the sibling keys stay
+    tiny = yaml.safe_load(TINY.read_text())
+    assert recipe.models.base.args.num_layers == tiny["models"]["base"]["num_layers"]  # the sibling keys stay
 
 
 def test_override_delete_and_null() -> None:

@@ -18,6 +18,9 @@ TINY = ROOT / "recipes" / "tiny_spa.yaml"
 # tiny_spa.yaml shrunk by overrides only: two iterations, small prompt sets, small shards and checkpoints,
 # so that every stage has several shards or checkpoints to be cut off between.
 SHRUNK = [
+    "models.base.hidden_size=64",
+    "models.base.num_layers=2",
+    "models.base.intermediate_size=172",
     "data.num_prompts=200",
     "data.sft_demonstrations=600",
     "split.seed_size=16",
