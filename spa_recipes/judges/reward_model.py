@@ -129,6 +129,30 @@ class RewardModelJudge:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.stats: dict[str, Any] = {}
 
+    @staticmethod
+    def train_on_seed(
+        cfg: RewardModelJudgeConfig,
+        pairs: list[Row],
+        *,
+        base_path: str,
+        output_dir: Path,
+        seed: int,
+        dtype: str = "auto",
+        max_length: int | None = None,
+    ) -> dict[str, float]:
+        """The ``judge_train`` stage: a reward model trained once on the labelled seed pairs (a fixed judge)."""
+        return train_reward_model(
+            pairs,
+            base_path=base_path,
+            output_dir=output_dir,
+            epochs=cfg.train_epochs,
+            learning_rate=cfg.train_learning_rate,
+            batch_size=cfg.train_batch_size,
+            max_length=cfg.max_length or max_length,
+            seed=seed,
+            dtype=dtype,
+        )
+
     def score(self, rows: list[Row], out_dir: Path | None = None) -> list[Row]:
         """Judge every row (the contract of :class:`spa_recipes.judges.base.Judge`).
 

@@ -1,6 +1,6 @@
 """The SPA stage graph, built from a recipe alone.
 
-    split -> [sft] -> [seed_dpo] -> eval_baseline -> [eval_seed]
+    split -> [sft] -> [seed_dpo] -> [judge_train] -> eval_baseline -> [eval_seed_dpo]
           -> for i in 1..T: iter{i}_generate -> iter{i}_judge -> iter{i}_pairs -> iter{i}_train -> iter{i}_eval
           -> report
 
@@ -76,6 +76,13 @@ def build_graph(recipe: Recipe) -> list[Stage]:
                                     "seed": seed},
                             sizes=f"{split['seed_size']} labelled pairs"))
         previous = "seed_dpo"
+    judge_inputs = []
+    if r["judge"].get("train_on_seed"):  # an external judge trained once on the seed labels, then fixed
+        stages.append(Stage("judge_train", "judge_train", ["split", *sft_inputs], model=sft,
+                            config={"judge": r["judge"], "models": models, "seed": seed,
+                                    "training": _lengths(r["training"]["iteration"])},
+                            sizes=f"{split['seed_size']} labelled pairs"))
+        judge_inputs = ["judge_train"]
     evaluation = {"evaluation": r["evaluation"], "generation": r["generation"], "models": models, "seed": seed}
     if recipe.evaluation.evaluator is not None:
         stages.append(Stage("eval_baseline", "eval_baseline", ["split", *sft_inputs], model=sft, config=evaluation,
@@ -94,7 +101,8 @@ def build_graph(recipe: Recipe) -> list[Stage]:
             Stage(f"{prefix}_generate", "generate", ["split", *model_inputs], i, model=previous,
                   config={"generation": r["generation"], "models": models, "seed": seed, "iteration": i},
                   sizes=f"{prompts} prompts x {r['generation']['samples_per_prompt']}"),
-            Stage(f"{prefix}_judge", "judge", [f"{prefix}_generate", *model_inputs, *_stages_among(judge_ref, stages)],
+            Stage(f"{prefix}_judge", "judge",
+                  [f"{prefix}_generate", *model_inputs, *_stages_among(judge_ref, stages), *judge_inputs],
                   i, model=previous,
                   reference=judge_ref if r["judge"]["name"] == "implicit" else r["judge"]["name"],
                   config={"judge": r["judge"], "models": models, "training": _lengths(r["training"]["iteration"])}),

@@ -45,6 +45,7 @@ STAGE_MODULES = {
     "dpo": "dpo",
     "generate": "generate",
     "judge": "judge",
+    "judge_train": "judge_train",
     "pairs": "pairs",
     "eval_baseline": "evaluate",
     "eval": "evaluate",

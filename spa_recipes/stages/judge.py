@@ -24,6 +24,7 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         max_length=recipe.training.iteration.max_length,
         world=ctx.source,
         shard_size=recipe.generation.args.shard_size,
+        trained_path=ctx.model_path("judge_train") if "judge_train" in ctx.stages else None,
     )
     scored = judge.score(rows, out_dir=out / "shards")
     write_jsonl_atomic(out / "scores.jsonl", scored)
@@ -33,4 +34,5 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         "responses": len(valid),
         "invalid": len(valid) - sum(valid),
         "mean_score_gap": sum(gaps) / max(len(gaps), 1),
+        **getattr(judge, "stats", {}),  # e.g. order disagreement of pairwise judges, HTTP retries
     }
