@@ -241,6 +241,11 @@ class RollingQuantileConfig(QuantileDetectorConfig):
     """The released code's rule: a per-process window of the last margins."""
 
     window: int = Field(50, gt=1, description="margins kept per process")
+    until_full: Literal["zero_threshold", "flag_nothing"] = Field(
+        "zero_threshold",
+        description="before the window fills: threshold 0, so negative margins are flagged (SPEC's reading of the "
+        "released code), or flag nothing",
+    )
 
 
 class BatchQuantileConfig(QuantileDetectorConfig):

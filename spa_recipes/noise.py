@@ -85,7 +85,8 @@ class RollingQuantileDetector:
 
     Before the window holds ``window`` values the threshold is 0 (SPEC.md: "before the window fills
     the threshold is 0"), and the same strict rule applies: pairs whose margin is negative ARE flagged
-    during that phase. (At the very first step the policy equals its reference, every margin is 0, and
+    during that phase. ``until_full: flag_nothing`` flags nothing until the window is full instead.
+    (At the very first step the policy equals its reference, every margin is 0, and
     nothing is flagged.) Under DDP each process keeps its own window and flags its own pairs, as the
     released code does; the accelerator is not used.
 
@@ -97,6 +98,7 @@ class RollingQuantileDetector:
         self.k = float(cfg.k)
         self.window = int(cfg.window)
         self.confidence: Confidence = cfg.confidence
+        self.until_full = cfg.until_full
         self.threshold = 0.0
         self._values: deque[float] = deque(maxlen=self.window)
 
@@ -113,6 +115,8 @@ class RollingQuantileDetector:
         self.threshold = self.current_threshold()
         values = margins.detach().float()
         flags = values < self.threshold
+        if self.until_full == "flag_nothing" and len(self._values) < self.window:
+            flags = torch.zeros_like(flags)
         self._values.extend(values.cpu().tolist())
         return flags
 

@@ -62,6 +62,15 @@ def test_rolling_quantile_before_the_window_fills_threshold_is_zero() -> None:
     assert flags.tolist() == [False, True, False, True]
 
 
+def test_rolling_quantile_can_flag_nothing_until_the_window_fills() -> None:
+    detector = RollingQuantileDetector(RollingQuantileConfig(window=4, until_full="flag_nothing"))
+    assert detector.flag(torch.tensor([-1.0, -2.0])).tolist() == [False, False]  # 2 of 4 seen
+    assert detector.flag(torch.tensor([-3.0, 0.5])).tolist() == [False, False]  # still 2 of 4 before this batch
+    # Full now (-3, -2, -1, 0.5): k=0.1 gives n=0, threshold = mean of the two smallest = -2.5.
+    assert detector.flag(torch.tensor([-2.6, -2.4])).tolist() == [True, False]
+    assert detector.threshold == pytest.approx(-2.5)
+
+
 def test_rolling_quantile_generalises_the_index() -> None:
     # k=0.3, window=10: n = 3, mean of the 4th and 5th smallest of the previous window.
     detector = RollingQuantileDetector(RollingQuantileConfig(k=0.3, window=10))
