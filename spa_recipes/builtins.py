@@ -46,7 +46,7 @@ class ToyWorldConfig(ComponentConfig):
 
     provides_demonstrations: ClassVar[bool] = True
 
-    num_prompts: int = Field(2000, gt=0, description="distinct prompts the world offers for split")
+    num_prompts: int = Field(2000, gt=0, le=54810, description="distinct prompts the world offers for split")
     sft_demonstrations: int = Field(6000, ge=0, description="demonstrations for the sft stage")
     world_seed: int = Field(0, description="seed of the world itself (vocabulary, prompts, demonstrations)")
 
