@@ -1,12 +1,25 @@
-"""Loggers: where a run's per-stage summaries go. JSONL is always on; others are selected by recipe."""
+"""Loggers: where a run's per-stage summaries go. JSONL is always on; TensorBoard and W&B are chosen by recipe.
+
+The runner calls ``log_stage(stage, seconds, summary)`` after each stage finishes. The optional loggers then
+forward that stage's per-step training metrics too (``<stage>/work/metrics.jsonl``, written by the training
+loop), so a training curve arrives whole once its stage is done, never twice after a resume.
+Their packages are imported only when they are built; the configs check they are installed at validation.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from spa_recipes.builtins import JsonlLoggerConfig
+import yaml
+
+from spa_recipes.builtins import JsonlLoggerConfig, TensorBoardLoggerConfig, WandbLoggerConfig
+
+_ITERATION_STAGE = re.compile(r"^iter(\d+)_(\w+)$")
+# Stages before the loop that belong on an iteration curve, as iteration 0.
+_ITERATION_ZERO = {"eval_seed_dpo": "eval", "seed_dpo": "train"}
 
 
 class JsonlLogger:
@@ -21,3 +34,99 @@ class JsonlLogger:
 
     def close(self) -> None:
         pass
+
+
+def summary_group(stage: str) -> tuple[str, int]:
+    """Where a stage's summary goes on per-iteration curves: ``iter2_eval`` -> (eval, 2), ``eval_seed_dpo`` ->
+    (eval, 0), ``sft`` -> (sft, 0)."""
+    match = _ITERATION_STAGE.match(stage)
+    if match:
+        return match.group(2), int(match.group(1))
+    return _ITERATION_ZERO.get(stage, stage), 0
+
+
+def scalars(row: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, float]:
+    """The plain numbers of a summary or metrics row (lists, strings, None and booleans left out)."""
+    return {k: float(v) for k, v in row.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in skip}
+
+
+def training_rows(run_dir: Path, stage: str) -> list[dict[str, Any]]:
+    """The stage's per-step training metrics (``<stage>/work/metrics.jsonl``); empty for other stages."""
+    path = Path(run_dir) / stage / "work" / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class TensorBoardLogger:
+    """TensorBoard scalars: ``summary/<kind>/<key>`` against the iteration, ``steps/<stage>/<key>`` against the step.
+
+    Args:
+        cfg: the logger's config.
+        run_dir: the run directory (event files go to ``<run_dir>/tensorboard`` unless ``cfg.log_dir``).
+    """
+
+    def __init__(self, cfg: TensorBoardLoggerConfig, *, run_dir: Path, **_: Any) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.log_dir = Path(cfg.log_dir) if cfg.log_dir else self.run_dir / "tensorboard"
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def log_stage(self, stage: str, seconds: float, summary: dict[str, Any]) -> None:
+        group, iteration = summary_group(stage)
+        for key, value in scalars({**summary, "seconds": seconds}).items():
+            self.writer.add_scalar(f"summary/{group}/{key}", value, global_step=iteration)
+        if self.cfg.log_steps:
+            self.log_steps(stage, training_rows(self.run_dir, stage))
+        self.writer.flush()
+
+    def log_steps(self, stage: str, rows: list[dict[str, Any]]) -> None:
+        """Per-step metrics of a training stage, against its optimiser step."""
+        for row in rows:
+            for key, value in scalars(row, skip=("step",)).items():
+                self.writer.add_scalar(f"steps/{stage}/{key}", value, global_step=int(row["step"]))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbLogger:
+    """A W&B run (offline by default): summaries against ``iteration``, training steps against ``<stage>/step``.
+
+    Args:
+        cfg: the logger's config.
+        run_dir: the run directory (W&B's files go to ``<run_dir>/wandb``; its recipe.yaml becomes the W&B config).
+    """
+
+    def __init__(self, cfg: WandbLoggerConfig, *, run_dir: Path, **_: Any) -> None:
+        import wandb
+
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        recipe = self.run_dir / "recipe.yaml"
+        config = yaml.safe_load(recipe.read_text()) if recipe.is_file() else None
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(self.run_dir),
+                              name=cfg.name or self.run_dir.name, tags=cfg.tags or None, config=config)
+        self.run.define_metric("iteration")
+        self.run.define_metric("summary/*", step_metric="iteration")
+
+    def log_stage(self, stage: str, seconds: float, summary: dict[str, Any]) -> None:
+        group, iteration = summary_group(stage)
+        values = scalars({**summary, "seconds": seconds})
+        self.run.log({**{f"summary/{group}/{k}": v for k, v in values.items()}, "iteration": iteration})
+        if self.cfg.log_steps:
+            self.log_steps(stage, training_rows(self.run_dir, stage))
+
+    def log_steps(self, stage: str, rows: list[dict[str, Any]]) -> None:
+        """Per-step metrics of a training stage, against its own step axis ``<stage>/step``."""
+        if not rows:
+            return
+        self.run.define_metric(f"{stage}/step")
+        self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
+        for row in rows:
+            values = scalars(row, skip=("step",))
+            self.run.log({**{f"{stage}/{k}": v for k, v in values.items()}, f"{stage}/step": int(row["step"])})
+
+    def close(self) -> None:
+        self.run.finish()
