@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 import torch
+from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spa_recipes.builtins import GoldJudgeConfig, TinyLlamaConfig, ToyWorldConfig, register_builtins
@@ -139,9 +140,12 @@ def test_demonstrations_are_disjoint_from_rows_and_spread_in_quality(world: ToyW
     assert 0.4 < wins / (len(scores) // 2) < 0.6
 
 
-def test_too_many_prompts_is_a_data_error() -> None:
+def test_too_many_prompts_is_refused() -> None:
+    # The config refuses it at validation time; the world itself refuses it too (built without validation).
+    with pytest.raises(ValidationError, match="num_prompts"):
+        ToyWorldConfig(num_prompts=60_000)
     with pytest.raises(DataError, match="num_prompts"):
-        ToyWorld(ToyWorldConfig(num_prompts=60_000))
+        ToyWorld(ToyWorldConfig.model_construct(num_prompts=60_000, sft_demonstrations=0, world_seed=0))
 
 
 # Gold ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from spa_recipes.builtins import HFGenerationConfig
+from spa_recipes.distributed import default_device
 from spa_recipes.generation.shards import Row, run_sharded
 from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.sequences import encode_prompt
@@ -53,14 +54,14 @@ class HFGenerator:
             seed: sampling seed; shard ``i`` is seeded from ``(seed, i)``.
             dtype: model dtype name (``auto``, ``float32``, ``bfloat16``, ``float16``).
             max_prompt_length: prompts longer than this (in tokens) are cut at the start.
-            device: where to run; CUDA when available, else CPU.
+            device: where to run; this process's GPU when there is one, else CPU.
 
         Returns:
             Rows ``{"id", "prompt", "responses": [K str], "finished": [K bool], "num_tokens": [K int]}``
             in prompt order. ``finished`` is whether the response ended with EOS (not cut by
             ``max_new_tokens``); ``num_tokens`` counts the generated tokens before EOS.
         """
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or default_device()
         loaded: dict[str, Any] = {}
 
         def shard(index: int, rows: list[Row]) -> list[Row]:

@@ -5,6 +5,11 @@ Items are cut, in their given order, into shards of ``shard_size``; shard ``i`` 
 that was cut off skips the shards already on disk and computes the rest. Each shard must be a pure
 function of its index and items (e.g. seeded from ``(seed, shard_index)``) so that a resumed run
 writes what an uninterrupted run would have written.
+
+In a multi-process run (:mod:`spa_recipes.distributed`) the shards still to do are dealt out round-robin
+over the processes; each writes its own shard files, all wait at a barrier, then every process reads all
+shards in order. So every item is computed once and returned to every process exactly once, whatever the
+process count, and the folder resumes the same way (also with another process count).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from spa_recipes.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from spa_recipes.distributed import barrier, broadcast, is_main_process, rank, world_size
 from spa_recipes.faults import fault_point
 from spa_recipes.progress import progress_bar
 
@@ -56,8 +62,11 @@ def run_sharded(
     if shard_size <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     out = Path(out_dir)
-    _check_layout(out, shard_size, len(items))
     starts = range(0, len(items), shard_size)
+    world = world_size()
+    if world > 1:
+        return _run_sharded_distributed(items, shard_size, out, fn, desc, starts, world)
+    _check_layout(out, shard_size, len(items))
     done = {i for i in range(len(starts)) if shard_path(out, i).exists()}
     already = sum(min(shard_size, len(items) - i * shard_size) for i in done)
     rows: list[Row] = []
@@ -73,6 +82,49 @@ def run_sharded(
             # Read back, so a fresh run returns exactly what a resumed one would (JSON types, key order).
             rows.extend(read_jsonl(path))
             bar.update(len(chunk))
+    return rows
+
+
+def _run_sharded_distributed(
+    items: Sequence[T],
+    shard_size: int,
+    out: Path,
+    fn: Callable[[int, list[T]], list[Row]],
+    desc: str,
+    starts: range,
+    world: int,
+) -> list[Row]:
+    """:func:`run_sharded` over several processes: deal out the missing shards, barrier, read all."""
+    # Main alone checks the layout and lists the finished shards; everyone acts on main's list, since a
+    # rank looking for itself could already see a shard another rank has just written.
+    todo: list[int] | str = []
+    if is_main_process():
+        try:
+            _check_layout(out, shard_size, len(items))
+            todo = [i for i in range(len(starts)) if not shard_path(out, i).exists()]
+        except ValueError as e:
+            todo = str(e)
+    todo = broadcast(todo)
+    if isinstance(todo, str):
+        raise ValueError(todo)  # on every rank, so none is left waiting at the barrier below
+    mine = todo[rank() :: world]
+    sizes = [min(shard_size, len(items) - i * shard_size) for i in range(len(starts))]
+    # Main's bar shows main's own share of the missing work (the others work in step with it).
+    label = f"{desc or out.name} (1/{world} of the work)"
+    with progress_bar(sum(sizes[i] for i in mine), label, enabled=is_main_process()) as bar:
+        for index in mine:
+            path = shard_path(out, index)
+            start = starts[index]
+            write_jsonl_atomic(path, fn(index, list(items[start : start + shard_size])))
+            fault_point(path)
+            bar.update(sizes[index])
+    barrier()  # every shard is on disk before anyone reads
+    missing = [i for i in range(len(starts)) if not shard_path(out, i).exists()]
+    if missing:
+        raise RuntimeError(f"{out}: shards {missing} are missing after every process finished its part")
+    rows: list[Row] = []
+    for index in range(len(starts)):
+        rows.extend(read_jsonl(shard_path(out, index)))
     return rows
 
 

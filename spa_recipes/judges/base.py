@@ -9,6 +9,9 @@ rows with two more fields, in the same order:
   response out and counts it.
 
 Judges may add fields of their own (the implicit judge adds ``"policy_logps"``).
+
+Judges that keep their work in shards (:func:`judge_in_shards`) are data-parallel for free in a
+multi-process run: each process judges its share of the shards and every process gets all rows back.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 tokens, EOS included (:func:`spa_recipes.sequences.score_sequences`). With ``length_normalize`` each
 log-prob is divided by the response length in tokens first. The reference is chosen by
 ``cfg.reference``: the SFT model (paper), the model before the policy, or none (``r = beta * log pi_policy``).
+
+In a multi-process run the shards are dealt out over the processes (:func:`spa_recipes.generation.shards.run_sharded`)
+and every process gets all rows back.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 
 from spa_recipes.builtins import ImplicitJudgeConfig
+from spa_recipes.distributed import default_device
 from spa_recipes.generation.shards import Row, run_sharded
 from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.sequences import score_sequences
@@ -39,7 +43,7 @@ class ImplicitRewardJudge:
         dtype: model dtype name.
         max_prompt_length: prompts longer than this are cut at the start (as in training).
         max_length: prompt + response longer than this are cut at the end, EOS kept (as in training).
-        device: where to run; CUDA when available, else CPU.
+        device: where to run; this process's GPU when there is one, else CPU.
         shard_size: rows per resumable shard when ``score`` is given an ``out_dir``.
     """
 
@@ -63,7 +67,7 @@ class ImplicitRewardJudge:
         self.dtype = dtype
         self.max_prompt_length = max_prompt_length
         self.max_length = max_length
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         self.shard_size = shard_size
 
     def score(self, rows: list[Row], out_dir: Path | None = None) -> list[Row]:

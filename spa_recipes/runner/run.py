@@ -13,6 +13,12 @@ A stage is skipped when the manifest says it finished with the same fingerprint 
 the completion marker. A stage folder with the same fingerprint but no marker was cut off: the stage runs
 again and continues from its own finished pieces (generation and judging shards, training checkpoints).
 A folder with another fingerprint is removed first.
+
+Multi-process runs (``torchrun --nproc_per_node N -m spa_recipes run ...`` or ``accelerate launch``): the
+process group is initialised once here. The main process alone decides what runs (and tells the others),
+keeps the manifest, markers and stage outputs, and logs; stages in ``COLLECTIVE_KINDS`` run on every
+process (generation and judging split by shard, training data-parallel), the others on main alone while
+the rest wait. A barrier closes every stage, so no process reads an output before main has written it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 import yaml
 
 from spa_recipes.atomic import MARKER, is_complete, write_json_atomic, write_text_atomic
+from spa_recipes.distributed import barrier, broadcast, init_distributed, is_main_process
 from spa_recipes.progress import set_progress
 from spa_recipes.recipe import recipe_to_dict
 from spa_recipes.registry import get_registry
@@ -51,6 +58,8 @@ STAGE_MODULES = {
     "eval": "evaluate",
     "report": "report",
 }
+# Stage kinds every process takes part in; the rest run on the main process alone.
+COLLECTIVE_KINDS = frozenset({"sft", "dpo", "generate", "judge", "eval_baseline", "eval"})
 
 
 @dataclass
@@ -124,8 +133,9 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
 
 
 def _say(message: str) -> None:
-    print(message, flush=True)
-    log.info(message)
+    if is_main_process():
+        print(message, flush=True)
+        log.info(message)
 
 
 def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None) -> Path:
@@ -139,26 +149,32 @@ def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None
     Returns:
         The run directory.
     """
+    init_distributed()
+    main = is_main_process()
     run_dir = run_dir_for(recipe)
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _setup_logging(run_dir)
+    if main:
+        if fresh and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    handler = _setup_logging(run_dir) if main else None
     set_progress(progress)
     _quiet_libraries()
     try:
         graph = build_graph(recipe)
-        write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+        if main:
+            write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
         ctx = RunContext(recipe, run_dir, {s.name: s for s in graph})
-        manifest = read_manifest(run_dir)
+        manifest = read_manifest(run_dir) if main else {"stages": {}}  # only main keeps the manifest
         _say(f"run {recipe.run.name}: {len(graph)} stages in {run_dir}")
         for stage in graph:
             _run_stage(ctx, stage, manifest)
         _say(f"done: {run_dir / 'results.json'}")
         return run_dir
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
 
 
 def _quiet_libraries() -> None:
@@ -171,25 +187,36 @@ def _quiet_libraries() -> None:
 
 def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any]) -> None:
     out = ctx.stage_dir(stage.name)
-    entry = manifest["stages"].get(stage.name, {})
-    if entry.get("status") == "done" and entry.get("fingerprint") == stage.fingerprint and is_complete(out):
+    main = is_main_process()
+    skip, resumed = False, False
+    if main:
+        entry = manifest["stages"].get(stage.name, {})
+        skip = entry.get("status") == "done" and entry.get("fingerprint") == stage.fingerprint and is_complete(out)
+    if broadcast(skip):  # main's decision, on every process
         log.info("skip %s (finished, fingerprint %s)", stage.name, stage.fingerprint)
         return
-    fingerprint_file = out / FINGERPRINT_FILE
-    if out.exists() and (not fingerprint_file.exists() or fingerprint_file.read_text() != stage.fingerprint):
-        shutil.rmtree(out)  # the remains of another configuration: never trusted
-    resumed = out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).unlink(missing_ok=True)
-    write_text_atomic(fingerprint_file, stage.fingerprint)
     started = time.time()
-    manifest["stages"][stage.name] = {
-        "fingerprint": stage.fingerprint, "status": "running", "started": started, "pid": os.getpid(),
-    }
-    write_json_atomic(ctx.run_dir / "manifest.json", manifest)
+    if main:
+        fingerprint_file = out / FINGERPRINT_FILE
+        if out.exists() and (not fingerprint_file.exists() or fingerprint_file.read_text() != stage.fingerprint):
+            shutil.rmtree(out)  # the remains of another configuration: never trusted
+        resumed = out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).unlink(missing_ok=True)
+        write_text_atomic(fingerprint_file, stage.fingerprint)
+        manifest["stages"][stage.name] = {
+            "fingerprint": stage.fingerprint, "status": "running", "started": started, "pid": os.getpid(),
+        }
+        write_json_atomic(ctx.run_dir / "manifest.json", manifest)
     _say(f"> {stage.name}{' (resuming)' if resumed else ''}")
-    module = importlib.import_module(f"spa_recipes.stages.{STAGE_MODULES[stage.kind]}")
-    summary = module.run(ctx, stage, out) or {}
+    barrier()  # the stage folder is ready before any process writes into it
+    summary: dict[str, Any] = {}
+    if main or stage.kind in COLLECTIVE_KINDS:
+        module = importlib.import_module(f"spa_recipes.stages.{STAGE_MODULES[stage.kind]}")
+        summary = module.run(ctx, stage, out) or {}
+    barrier()  # every process's part is on disk before the stage counts as finished
+    if not main:
+        return
     seconds = round(time.time() - started, 2)
     (out / MARKER).write_text("")
     manifest["stages"][stage.name] = {

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spa_recipes.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from spa_recipes.distributed import is_main_process
 from spa_recipes.evaluation import evaluate_pairs, judge_compare
 from spa_recipes.runner.graph import Stage
 from spa_recipes.stages.generate import response_stats
@@ -17,6 +18,8 @@ from spa_recipes.stages.generate import response_stats
 
 def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
     rows = _generate(ctx, stage, out)
+    if not is_main_process():  # the other processes only help generate; main compares and writes
+        return {}
     if stage.kind == "eval_baseline":
         return response_stats(rows)
     recipe = ctx.recipe
@@ -64,5 +67,6 @@ def _generate(ctx: Any, stage: Stage, out: Path) -> list[dict[str, Any]]:
         dtype=recipe.models.dtype,
         max_prompt_length=recipe.training.iteration.max_prompt_length,
     )
-    write_jsonl_atomic(out / "responses.jsonl", rows)
+    if is_main_process():
+        write_jsonl_atomic(out / "responses.jsonl", rows)
     return rows

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from spa_recipes.atomic import read_jsonl, write_jsonl_atomic
+from spa_recipes.distributed import is_main_process
 from spa_recipes.runner.graph import Stage
 
 
@@ -21,7 +22,8 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         dtype=recipe.models.dtype,
         max_prompt_length=recipe.training.iteration.max_prompt_length,
     )
-    write_jsonl_atomic(out / "responses.jsonl", rows)
+    if is_main_process():  # every process has all rows; main alone writes them
+        write_jsonl_atomic(out / "responses.jsonl", rows)
     return response_stats(rows)
 
 

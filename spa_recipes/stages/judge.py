@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from spa_recipes.atomic import read_jsonl, write_jsonl_atomic
+from spa_recipes.distributed import is_main_process
 from spa_recipes.runner.graph import Stage, previous_model, sft_model
 
 
@@ -27,7 +28,8 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         trained_path=ctx.model_path("judge_train") if "judge_train" in ctx.stages else None,
     )
     scored = judge.score(rows, out_dir=out / "shards")
-    write_jsonl_atomic(out / "scores.jsonl", scored)
+    if is_main_process():  # every process has all rows; main alone writes them
+        write_jsonl_atomic(out / "scores.jsonl", scored)
     valid = [v for row in scored for v in row["valid"]]
     gaps = [max(row["scores"]) - min(row["scores"]) for row in scored if all(row["valid"])]
     return {
