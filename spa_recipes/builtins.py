@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spa_recipes.registry import Registry
 
@@ -51,14 +51,73 @@ class ToyWorldConfig(ComponentConfig):
     world_seed: int = Field(0, description="seed of the world itself (vocabulary, prompts, demonstrations)")
 
 
-class PreferenceFileConfig(ComponentConfig):
-    """Preference pairs from a local JSON/JSONL/Parquet file."""
+class PreferenceColumnsConfig(ComponentConfig):
+    """Which columns of a preference dataset hold what (shared by ``preference_file`` and ``hub_preferences``).
 
-    path: str = Field(description="file with prompt/chosen/rejected rows")
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    id_column: str | None = Field(None, description="row id column; the row number when absent")
+    chosen/rejected may be strings (with the prompt in ``prompt_column``) or chat-message lists whose last message
+    is the assistant's answer (UltraFeedback-binarized style); the messages before it, when there are any, are
+    the prompt. Rows that cannot be read this way are passed on to the split, which counts and skips them.
+    """
+
+    prompt_column: str | None = Field(
+        "prompt", description="prompt: a string (one user turn) or chat messages; null: the conversation in chosen"
+    )
+    chosen_column: str = Field("chosen", description="preferred response: a string, or messages ending in it")
+    rejected_column: str = Field("rejected", description="dispreferred response: a string, or messages ending in it")
+    id_column: str | None = Field(None, description="row id column; null: the row number")
+    system_prompt: str | None = Field(
+        None, description="system turn put before each prompt that has none ('': an empty one, as the paper's code)"
+    )
+    max_rows: int | None = Field(None, gt=0, description="read only the first rows (before the split's shuffle)")
+
+
+class PreferenceFileConfig(PreferenceColumnsConfig):
+    """Preference pairs from a local JSON, JSONL or Parquet file."""
+
+    path: str = Field(
+        description="the file; a relative path is looked up from the working directory, then under recipes/"
+    )
+    format: Literal["auto", "json", "jsonl", "parquet"] = Field("auto", description="auto: from the file extension")
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: str) -> str:
+        from spa_recipes.data.files import find_data_file, not_found_message
+
+        if find_data_file(path) is None:  # a missing file fails validation, before any model loads
+            raise ValueError(not_found_message(path))
+        return path
+
+
+class HubPreferencesConfig(PreferenceColumnsConfig):
+    """Preference pairs from ``datasets.load_dataset`` (a hub id, or a local dataset folder)."""
+
+    path: str = Field(description="dataset id, e.g. argilla/ultrafeedback-binarized-preferences-cleaned")
+    subset: str | None = Field(None, description="dataset configuration name (load_dataset's `name`)")
+    split: str = Field("train", description="dataset split, e.g. train or train_prefs")
+    revision: str | None = Field(None, description="branch, tag or commit of the dataset repo; pin it to reproduce")
+    data_files: str | list[str] | None = Field(None, description="load_dataset's data_files, when needed")
+
+
+RuleName = Literal["done", "caps"]
+RuleTask = Literal["add", "sub", "mul", "next", "reverse", "count"]
+
+
+class RulePromptsConfig(ComponentConfig):
+    """Templated questions with a formatting rule; the gold checks the rule (spa_recipes/rules/world.py)."""
+
+    num_prompts: int = Field(600, gt=0, description="distinct prompts the source offers for split")
+    rules: list[RuleName] = Field(
+        default_factory=lambda: ["done", "caps"],
+        min_length=1,
+        description="done: end with the word DONE; caps: answer in capital letters",
+    )
+    tasks: list[RuleTask] = Field(
+        default_factory=lambda: ["add", "sub", "mul", "next", "reverse", "count"],
+        min_length=1,
+        description="question kinds, each with an answer computed in code",
+    )
+    world_seed: int = Field(0, description="seed of the prompts themselves")
 
 
 # Generation -----------------------------------------------------------------------------------------
@@ -84,6 +143,18 @@ class VLLMGenerationConfig(GenerationConfig):
     kv_cache_memory_bytes: int | None = Field(None, description="set on CPU engines (e.g. 1073741824)")
     enforce_eager: bool = False
     max_num_batched_tokens: int | None = None
+
+    @model_validator(mode="after")
+    def _vllm_installed(self) -> VLLMGenerationConfig:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "the vllm generation backend needs the vllm package, which is not installed: "
+                "pip install 'spa-recipes[vllm]' (or bash scripts/make_vllm_env.sh for the CPU build), "
+                "or use generation: {name: hf}"
+            )
+        return self
 
 
 # Judges ---------------------------------------------------------------------------------------------
@@ -282,8 +353,54 @@ class GoldEvaluatorConfig(ComponentConfig):
     """Compares two responses with the toy world's gold preference."""
 
 
+class RuleGoldConfig(ComponentConfig):
+    """Gold of rule prompts: 1 when the response follows the prompt's rule, plus a bonus when it is correct."""
+
+    correctness_weight: float = Field(
+        0.5, ge=0.0, lt=1.0, description="added for a correct answer (below 1: the rule always dominates)"
+    )
+
+
 class JsonlLoggerConfig(ComponentConfig):
-    """Per-step metrics appended to metrics.jsonl in the stage folder (always on)."""
+    """One line per finished stage (its summary) in <run_dir>/metrics.jsonl; always on."""
+
+
+def _needs_package(package: str, logger: str) -> None:
+    """Selecting a logger whose package is missing fails when the recipe is validated, not after a stage."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise ValueError(f"logger '{logger}' needs the {package} package: pip install 'spa-recipes[tracking]'")
+
+
+class TensorBoardLoggerConfig(ComponentConfig):
+    """TensorBoard event files: stage summaries per iteration and each training stage's per-step metrics."""
+
+    log_dir: str | None = Field(None, description="folder for the event files; None: <run_dir>/tensorboard")
+    log_steps: bool = Field(True, description="also write each training stage's per-step metrics")
+
+    @model_validator(mode="after")
+    def _installed(self) -> TensorBoardLoggerConfig:
+        _needs_package("tensorboard", "tensorboard")
+        return self
+
+
+class WandbLoggerConfig(ComponentConfig):
+    """Weights & Biases: stage summaries per iteration and each training stage's per-step metrics."""
+
+    project: str = Field("spa-recipes", min_length=1, description="W&B project")
+    entity: str | None = Field(None, description="W&B team or user; None: the account's default")
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: files under <run_dir>/wandb, `wandb sync` them later"
+    )
+    name: str | None = Field(None, description="W&B run name; None: the run's name")
+    tags: list[str] = Field(default_factory=list, description="W&B run tags")
+    log_steps: bool = Field(True, description="also log each training stage's per-step metrics")
+
+    @model_validator(mode="after")
+    def _installed(self) -> WandbLoggerConfig:
+        _needs_package("wandb", "wandb")
+        return self
 
 
 def register_builtins(registry: Registry) -> None:
@@ -293,6 +410,12 @@ def register_builtins(registry: Registry) -> None:
       help="small Llama from a config, random init")
     r("dataset", "toy_world", config=ToyWorldConfig, builder="spa_recipes.toyworld.world:ToyWorld",
       help="embedded synthetic world with a gold preference")
+    r("dataset", "preference_file", config=PreferenceFileConfig, builder="spa_recipes.data.preferences:PreferenceFile",
+      help="preference pairs from a local JSON/JSONL/Parquet file")
+    r("dataset", "hub_preferences", config=HubPreferencesConfig, builder="spa_recipes.data.preferences:HubPreferences",
+      help="preference pairs from datasets.load_dataset (hub id, split, revision)")
+    r("dataset", "rule_prompts", config=RulePromptsConfig, builder="spa_recipes.rules.world:RulePrompts",
+      help="templated questions with a formatting rule checked in code (gold)")
     r("generator", "hf", config=HFGenerationConfig, builder="spa_recipes.generation.hf:HFGenerator",
       help="transformers generate(), batched across prompts")
     r("generator", "vllm", config=VLLMGenerationConfig, builder="spa_recipes.generation.vllm:VLLMGenerator",
@@ -308,6 +431,8 @@ def register_builtins(registry: Registry) -> None:
       help="Bradley-Terry reward model (sequence classifier), given or trained on the seed pairs")
     r("judge", "llm_judge", config=LLMJudgeConfig, builder="spa_recipes.judges.llm_judge:LLMJudge",
       help="a language model asked 'A or B?' (hf, vllm or an OpenAI-compatible endpoint)")
+    r("judge", "rule_gold", config=RuleGoldConfig, builder="spa_recipes.rules.world:RuleGoldJudge",
+      help="rule prompts' gold: rule followed, then correctness (an oracle, for controls)")
     r("pair_selector", "min_max", config=PairSelectorConfig, builder="spa_recipes.pairs:MinMaxSelector",
       help="chosen = highest score, rejected = lowest")
     r("pair_selector", "max_random", config=PairSelectorConfig, builder="spa_recipes.pairs:MaxRandomSelector",
@@ -333,5 +458,11 @@ def register_builtins(registry: Registry) -> None:
       builder="spa_recipes.judges.reward_model:RewardModelJudge", help="Bradley-Terry reward model (path required)")
     r("evaluator", "llm_judge", config=LLMJudgeConfig, builder="spa_recipes.judges.llm_judge:LLMJudge",
       help="a language model asked 'A or B?'")
+    r("evaluator", "rule_gold", config=RuleGoldConfig, builder="spa_recipes.rules.world:RuleGoldJudge",
+      help="rule prompts' gold: rule followed, then correctness")
     r("logger", "jsonl", config=JsonlLoggerConfig, builder="spa_recipes.loggers:JsonlLogger",
       help="metrics.jsonl per stage")
+    r("logger", "tensorboard", config=TensorBoardLoggerConfig, builder="spa_recipes.loggers:TensorBoardLogger",
+      help="TensorBoard event files (optional extra: pip install spa-recipes[tracking])")
+    r("logger", "wandb", config=WandbLoggerConfig, builder="spa_recipes.loggers:WandbLogger",
+      help="Weights & Biases, offline by default (optional extra: pip install spa-recipes[tracking])")

@@ -174,6 +174,80 @@ def status(run_dir: Annotated[Path, typer.Argument(help="a run directory (runs/<
             typer.echo(f"{row['stage']:<18} {row['status']:<8} {when:<20} {took}")
 
 
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories (runs/<name>)", show_default=False)],
+    compare: Annotated[bool, typer.Option("--compare", help="put the runs side by side in one report")] = False,
+    out: Annotated[Path, typer.Option("--out", help="--compare: folder for the comparison")] = Path("compare"),
+) -> None:
+    """Write report.md and plots/*.png into each run directory, or compare runs (--compare) into --out."""
+    with _guard():
+        from spa_recipes.reporting import build_report, compare_runs
+
+        if compare:
+            written = compare_runs(list(run_dirs), out)
+            typer.echo(f"{written.markdown} ({len(written.runs)} runs, {len(written.plots)} plots)")
+            return
+        for run_dir in run_dirs:
+            written = build_report(run_dir)
+            typer.echo(f"{written.markdown} ({len(written.plots)} plots in {written.markdown.parent / 'plots'})")
+
+
+@app.command("export-alpacaeval")
+def export_alpacaeval(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (runs/<name>)", show_default=False)],
+    stage: Annotated[str, typer.Option("--stage", help="eval stage (iter3_eval, eval_seed_dpo, eval_baseline) "
+                                       "or, with --instructions, any stage with a model (iter3_train, seed_dpo)")],
+    out: Annotated[Path, typer.Option("--out", help="JSON file to write (AlpacaEval's --model_outputs)")],
+    instructions: Annotated[Path | None, typer.Option(
+        "--instructions", help="answer these instead of exporting the hold-out responses: AlpacaEval's "
+        "alpaca_eval.json or a JSON/JSONL list of {instruction, dataset}")] = None,
+    generator: Annotated[str | None, typer.Option("--generator", help="name in the records (default: run/stage)")]
+    = None,
+    sample: Annotated[int, typer.Option("--sample", help="which sample per prompt to export (hold-out)")] = 0,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="with --instructions; default: "
+                                                      "evaluation.temperature")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="with --instructions")] = None,
+) -> None:
+    """Write a model's responses in AlpacaEval's model-output format, to run AlpacaEval 2.0 on them."""
+    with _guard():
+        from spa_recipes.data.alpacaeval import (
+            export_stage_responses,
+            generate_alpacaeval_outputs,
+            read_instructions,
+            write_outputs,
+        )
+        from spa_recipes.recipe import load_recipe
+        from spa_recipes.runner.graph import build_graph
+
+        resolved = run_dir / "recipe.yaml"
+        if not resolved.exists():
+            raise UserError(f"{run_dir}: not a run directory (no recipe.yaml)")
+        recipe = load_recipe(resolved)
+        stages = {s.name: s for s in build_graph(recipe)}
+        name = generator or f"{recipe.run.name}/{stage}"
+        if instructions is None:
+            evals = [s for s, g in stages.items() if g.kind in {"eval", "eval_baseline"}]
+            if stage not in evals:
+                raise UserError(f"--stage {stage}: not an evaluation stage of this run; choose one of: "
+                                f"{', '.join(evals) or '(none: the recipe has no evaluator)'}, or give --instructions")
+            records = export_stage_responses(run_dir / stage, name, sample)
+        else:
+            with_model = {s: g for s, g in stages.items() if g.kind in {"eval", "eval_baseline", "dpo", "sft"}}
+            if stage not in with_model:
+                raise UserError(f"--stage {stage}: no model; choose one of: {', '.join(with_model)}")
+            model = stages[stage].model if stages[stage].kind in {"eval", "eval_baseline"} else stage
+            model_path = str(run_dir / model / "model") if model in stages else str(model)
+            if model in stages and not (run_dir / model / "model").is_dir():
+                raise UserError(f"{run_dir / model}: the model of stage {model} is not there; run the recipe first")
+            records = generate_alpacaeval_outputs(
+                recipe, model_path, read_instructions(instructions), name,
+                temperature=temperature, max_new_tokens=max_new_tokens,
+            )
+        write_outputs(records, out)
+        typer.echo(f"wrote {len(records)} records to {out} (generator '{name}')")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
