@@ -138,7 +138,9 @@ class ImplicitRewardJudge:
         try:
             if out_dir is None:
                 return shard(0, rows)
-            return run_sharded(rows, self.shard_size, out_dir, shard, desc=f"judge {Path(model_path).name}")
+            path = Path(model_path)  # a run's models live in <stage>/model: name the stage
+            return run_sharded(rows, self.shard_size, out_dir, shard,
+                               desc=f"judge with {path.parent.name if path.name == 'model' else path.name}")
         finally:
             loaded.clear()  # free the model before the next one is loaded
             gc.collect()

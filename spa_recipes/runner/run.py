@@ -160,6 +160,7 @@ def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None
     handler = _setup_logging(run_dir) if main else None
     set_progress(progress)
     _quiet_libraries()
+    ctx = None
     try:
         graph = build_graph(recipe)
         if main:
@@ -172,6 +173,8 @@ def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None
         _say(f"done: {run_dir / 'results.json'}")
         return run_dir
     finally:
+        for logger in ctx._cache.get("loggers", []) if ctx is not None else []:
+            logger.close()
         if handler is not None:
             log.removeHandler(handler)
             handler.close()

@@ -46,6 +46,7 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         seed=ctx.seed_for(stage),
         dtype=recipe.models.dtype,
         mixed_precision=recipe.distributed.mixed_precision,
+        description=stage.name,
         ref_logps=ref_logps,
     )
     return {"pairs": len(pairs), "lambda": lam, **{k: v for k, v in summary.items() if not isinstance(v, dict | list)}}

@@ -26,4 +26,5 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         training=recipe.training.sft,
         seed=seed,
         mixed_precision=recipe.distributed.mixed_precision,
+        description=stage.name,
     )

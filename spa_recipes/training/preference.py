@@ -158,6 +158,7 @@ def train_preference(
     ref_logps: dict[str, tuple[float, float]] | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    description: str = "dpo",
 ) -> dict[str, Any]:
     """Train a policy with (SPA-refined) DPO and save it to ``output_dir``.
 
@@ -179,6 +180,7 @@ def train_preference(
         ref_logps: reference log-probs by pair id, ``(chosen, rejected)``, computed with the same lengths;
             skips the reference pass. Ignored when DND needs the reference's logits.
         progress: tqdm bar.
+        description: label of the progress lines (the runner passes the stage name).
         stop_after: stop after this many optimiser steps, leaving a checkpoint to resume from.
 
     Returns:
@@ -279,7 +281,7 @@ def train_preference(
         work_dir=work_dir,
         stateful={"detector": noise_detector},
         progress=progress,
-        description="dpo",
+        description=description,
         stop_after=stop_after,
     )
     ref_model = None  # free the reference before saving

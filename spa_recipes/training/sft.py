@@ -31,6 +31,7 @@ def train_sft(
     mixed_precision: str = "auto",
     progress: bool = True,
     stop_after: int | None = None,
+    description: str = "sft",
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on demonstrations and save it (with ``tokenizer``) to ``output_dir``.
 
@@ -46,6 +47,7 @@ def train_sft(
         seed: seed of data order and RNGs.
         mixed_precision: Accelerate's mixed precision (``auto``: bf16 on a GPU that has it, else none).
         progress: tqdm bar.
+        description: label of the progress lines (the runner passes the stage name).
         stop_after: stop after this many optimiser steps, leaving a checkpoint to resume from.
 
     Returns:
@@ -90,7 +92,7 @@ def train_sft(
         seed=seed,
         work_dir=work_dir,
         progress=progress,
-        description="sft",
+        description=description,
         stop_after=stop_after,
     )
     if not result.stopped_early and accelerator.is_main_process:
