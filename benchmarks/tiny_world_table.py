@@ -7,12 +7,17 @@ Runs each recipe through the real CLI once per seed, then reads every run's resu
 
 Rows: seed-only DPO and each SPA iteration (from tiny_spa.yaml), then the final iteration of every other
 recipe. Agreement = share of the iteration's self-labelled pairs whose chosen response the gold prefers.
+
+The other recipes differ from the first only after seed DPO, so each of their runs starts as a copy of the
+first recipe's run with the same seed: the runner's fingerprints then skip split, sft, seed_dpo and the
+baseline evaluation, exactly as a resumed run would, and recompute everything that differs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,8 +33,10 @@ DEFAULT_RECIPES = [
 ]
 
 
-def run(recipe: str, seed: int, out: Path) -> tuple[dict, float]:
+def run(recipe: str, seed: int, out: Path, start_from: Path | None = None) -> tuple[dict, float]:
     name = f"{Path(recipe).stem}_s{seed}"
+    if start_from is not None and not (out / name).exists():
+        shutil.copytree(start_from, out / name)
     started = time.time()
     cmd = [sys.executable, "-m", "spa_recipes", "run", recipe, f"run.seed={seed}", f"run.name={name}",
            f"run.output_dir={out}", "--no-progress"]
@@ -55,9 +62,10 @@ def main() -> None:
 
     rows: dict[str, dict[str, list]] = {}
     seconds: dict[str, list[float]] = {}
-    for recipe in args.recipes:
-        for seed in args.seeds:
-            results, took = run(recipe, seed, args.out)
+    for seed in args.seeds:
+        for recipe in args.recipes:
+            first = args.out / f"{Path(args.recipes[0]).stem}_s{seed}"
+            results, took = run(recipe, seed, args.out, None if recipe == args.recipes[0] else first)
             seconds.setdefault(recipe, []).append(took)
             agreement = {it["iteration"]: it.get("agreement_with_gold") for it in results["iterations"]}
             models = results["models"]
