@@ -190,13 +190,16 @@ def test_hub_source_passes_revision_to_load_dataset(monkeypatch: pytest.MonkeyPa
 
     def fake_load_dataset(path: str, name: str | None = None, **kwargs: object) -> datasets.Dataset:
         seen.update(path=path, name=name, **kwargs)
-        return datasets.Dataset.from_list(CONVERSATION_ROWS)
+        # Conversations only: the prompt comes from them, no prompt column is needed.
+        return datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "prompt"} for r in CONVERSATION_ROWS])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     cfg = HubPreferencesConfig(path="argilla/ultrafeedback-binarized-preferences-cleaned", revision="abc123",
                                split="train", max_rows=4)
     rows = HubPreferences(cfg).rows()
     assert len(rows) == 4
+    assert rows[3] == {"id": "3", "prompt": [{"role": "user", "content": "question 3"}], "chosen": "good 3",
+                       "rejected": "bad 3"}
     assert seen == {"path": "argilla/ultrafeedback-binarized-preferences-cleaned", "name": None, "split": "train",
                     "revision": "abc123", "data_files": None}
 

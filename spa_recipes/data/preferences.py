@@ -296,7 +296,7 @@ class HubPreferences(_PreferenceSource):
         columns = set(dataset.column_names)
         _check_columns(columns, cfg, what)
         # Only the columns the rows are made of: a dataset's other columns can be large (completions, ratings).
-        keep = [c for c in (cfg.prompt_column, cfg.chosen_column, cfg.rejected_column, cfg.id_column) if c]
+        keep = [c for c in (cfg.prompt_column, cfg.chosen_column, cfg.rejected_column, cfg.id_column) if c in columns]
         if cfg.max_rows is not None:
             dataset = dataset.select(range(min(cfg.max_rows, len(dataset))))
         return dataset.select_columns(sorted(set(keep))).to_list(), columns, what
