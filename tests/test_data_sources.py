@@ -260,3 +260,11 @@ def test_run_on_a_preference_file(tmp_path: Path) -> None:
     pairs = [json.loads(line) for line in (run_dir / "iter1_pairs" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and all(set(p) >= {"prompt", "chosen", "rejected"} for p in pairs)
     assert (run_dir / "iter1_train" / "model" / "model.safetensors").is_file()
+    # Editing the data file in place changes split's fingerprint: the run starts again from split.
+    _write_jsonl(data, records[:-1])
+    again = subprocess.run(
+        [sys.executable, "-m", "spa_recipes", "graph", str(recipe)], capture_output=True, text=True, cwd=ROOT
+    )
+    before = {s: e["fingerprint"] for s, e in manifest["stages"].items()}
+    split_line = next(line for line in again.stdout.splitlines() if line.startswith("split "))
+    assert before["split"] not in split_line

@@ -57,7 +57,8 @@ def build_graph(recipe: Recipe) -> list[Stage]:
     seed = recipe.run.seed
     split = r["split"]
     stages = [
-        Stage("split", "split", [], config={"data": r["data"], "split": split, "iterations": t, "seed": seed},
+        Stage("split", "split", [], config={"data": r["data"], "data_file": _file_identity(r["data"]), "split": split,
+                                            "iterations": t, "seed": seed},
               sizes=f"seed {split['seed_size']} pairs, {t} x {split['prompts_per_iteration']} prompts, "
                     f"{split['eval_holdout']} eval prompts"),
     ]
@@ -136,6 +137,18 @@ def previous_model(i: int, sft: str, recipe: Recipe) -> str:
     if i == 2:
         return "seed_dpo" if recipe.training.seed is not None else sft
     return sft
+
+
+def _file_identity(data: dict[str, Any]) -> list[int] | None:
+    """Size and modification time of a local data file, so that editing it in place re-runs split."""
+    from spa_recipes.data.files import find_data_file
+
+    path = data.get("path")
+    found = find_data_file(path) if isinstance(path, str) else None
+    if found is None:
+        return None
+    stat = found.stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _stages_among(name: str | None, stages: list[Stage]) -> list[str]:
