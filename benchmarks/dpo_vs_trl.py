@@ -8,11 +8,19 @@ trainer construction and ``train()`` for TRL).
 
     .venv/bin/python benchmarks/dpo_vs_trl.py            # defaults below
     .venv/bin/python benchmarks/dpo_vs_trl.py --pairs 512 --hidden 256 --repeats 3
+
+It also reports the share of the machine's fp32 matrix-multiply peak that each achieves. The peak is
+measured here: the best of a few ``torch.matmul`` of two ``n x n`` fp32 matrices (2 n^3 FLOPs each).
+Model FLOPs per epoch = 6 N per trained token (policy forward + backward) + 2 N per reference token
+(the one reference forward), with N = every parameter except the input embedding (the untied LM head
+is a matmul and counts; the embedding lookup is not). Attention score FLOPs and padding are not counted,
+so the figure is a lower bound on the arithmetic actually done.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import sys
 import tempfile
@@ -124,20 +132,43 @@ def run_trl(model_path: str, pairs: list[dict], args: argparse.Namespace, tmp: P
     return time.perf_counter() - start
 
 
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 ``n x n @ n x n`` throughput in FLOP/s over ``repeats`` timed runs (one warm-up)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def count_params(model_path: str) -> tuple[int, int]:
+    """``(all parameters, parameters without the input embedding)`` of the saved model."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    total = sum(p.numel() for p in model.parameters())
+    return total, total - model.get_input_embeddings().weight.numel()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--pairs", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--matmul-size", type=int, default=2048)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    peak = matmul_peak(args.matmul_size)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = str(make_tiny_model(tmp / "model", vocab=args.vocab, hidden=args.hidden, layers=args.layers))
         pairs = make_pairs(args.pairs, args.vocab - 16)
+        total_params, n_params = count_params(model)
         tokenizer = load_tokenizer(model)
         tokens = 0
         for p in pairs:
@@ -148,18 +179,34 @@ def main() -> None:
         for r in range(args.repeats):
             times["ours"].append(run_ours(model, pairs, args, tmp / f"ours{r}"))
             times["trl"].append(run_trl(model, pairs, args, tmp / f"trl{r}"))
+    peak_after = matmul_peak(args.matmul_size)
     best = {k: min(v) for k, v in times.items()}
     print(
         f"{args.pairs} pairs, {tokens} tokens/epoch, Llama hidden {args.hidden} x {args.layers} layers, "
         f"vocab {args.vocab}, batch {args.batch_size}, fp32, {torch.get_num_threads()} threads"
     )
+    flops = 8 * n_params * tokens  # 6N trained + 2N reference per token
+    print(
+        f"  params {total_params / 1e6:.2f}M (N = {n_params / 1e6:.2f}M without the input embedding); "
+        f"model FLOPs/epoch 8*N*tokens = {flops / 1e12:.2f} TFLOP"
+    )
+    print(
+        f"  fp32 matmul peak ({args.matmul_size}^3, best of 5): {peak / 1e9:.1f} GFLOP/s before, "
+        f"{peak_after / 1e9:.1f} after; using the larger"
+    )
+    peak = max(peak, peak_after)
     for name in ("ours", "trl"):
         runs = ", ".join(f"{t:.1f}s" for t in times[name])
-        print(f"  {name:5s} best {best[name]:.1f}s  {tokens / best[name]:8.0f} tokens/s   (runs: {runs})")
+        achieved = flops / best[name]
+        print(
+            f"  {name:5s} best {best[name]:.1f}s  {tokens / best[name]:8.0f} tokens/s  "
+            f"{achieved / 1e9:6.1f} GFLOP/s = {100 * achieved / peak:4.1f}% of peak   (runs: {runs})"
+        )
     print(f"  ratio ours/trl (tokens/s): {best['trl'] / best['ours']:.2f}")
     print(
         f"reproduce: .venv/bin/python benchmarks/dpo_vs_trl.py --pairs {args.pairs} --batch-size {args.batch_size} "
-        f"--hidden {args.hidden} --layers {args.layers} --vocab {args.vocab} --repeats {args.repeats}"
+        f"--hidden {args.hidden} --layers {args.layers} --vocab {args.vocab} --repeats {args.repeats} "
+        f"--matmul-size {args.matmul_size}"
     )
 
 

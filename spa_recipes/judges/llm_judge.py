@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from spa_recipes.builtins import LLMJudgeConfig
+from spa_recipes.distributed import default_device
 from spa_recipes.errors import UserError
 from spa_recipes.judges.base import Row, judge_in_shards
 from spa_recipes.judges.pairwise import Messages, instruction_text, judge_pairwise, pairwise_stats
@@ -259,7 +260,7 @@ class LLMJudge:
         model_path = cfg.model or policy_path
         if model_path is None:
             raise UserError(f"llm_judge backend {cfg.backend!r}: set model (no policy to judge with here)")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or default_device()
         backend = HFBackend if cfg.backend == "hf" else VLLMBackend
         self.backend = backend(cfg, str(model_path), dtype, device)
 

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from spa_recipes.builtins import PairRMJudgeConfig
+from spa_recipes.distributed import default_device
 from spa_recipes.errors import UserError
 from spa_recipes.judges.base import Row, judge_in_shards
 from spa_recipes.judges.pairwise import Messages, instruction_text, judge_pairwise, pairwise_stats
@@ -239,7 +240,7 @@ class PairRMJudge:
     def __init__(self, cfg: PairRMJudgeConfig, *, dtype: str = "auto", device: str | None = None, **_: Any) -> None:
         self.cfg = cfg
         self.dtype = dtype
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         self.stats: dict[str, Any] = {}
         self._loaded: tuple[PairRMModel, Any] | None = None
 

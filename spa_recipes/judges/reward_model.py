@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from spa_recipes.atomic import atomic_dir
 from spa_recipes.builtins import RewardModelJudgeConfig
+from spa_recipes.distributed import default_device
 from spa_recipes.errors import UserError
 from spa_recipes.judges.base import Row, judge_in_shards
 from spa_recipes.modeling import load_tokenizer, resolve_dtype
@@ -126,7 +127,7 @@ class RewardModelJudge:
         self.path = str(path)
         self.dtype = dtype
         self.max_length = cfg.max_length or max_length
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         self.stats: dict[str, Any] = {}
 
     @staticmethod
@@ -258,7 +259,7 @@ def train_reward_model(
 
     if not pairs:
         raise UserError("train_reward_model: no preference pairs to train on")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     tokenizer = load_tokenizer(base_path)
     torch.manual_seed(seed)  # the score head is initialised at load time
     try:
