@@ -321,7 +321,10 @@ def _format_errors(
             shown = f" (got {given!r})"
             if isinstance(given, dict | list) and (kind != "union" or len(shown) > 80):
                 shown = ""  # a whole section is no help; a short list given for a union member is
-            lines.append(f"{head}: {err['msg']}{shown}")
+            message = err["msg"]
+            if kind == "value_error":  # our own validators' messages say what is wrong in full
+                message, shown = message.removeprefix("Value error, "), ""
+            lines.append(f"{head}: {message}{shown}")
     return lines
 
 

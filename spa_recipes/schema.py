@@ -8,9 +8,10 @@ once, each naming its dotted key. Nothing here imports torch.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -62,6 +63,17 @@ class ModelsSection(Section):
         "auto", description="auto: bfloat16 on a GPU that has it, float32 on CPU"
     )
     trust_remote_code: bool = False
+
+    @field_validator("sft", "tokenizer")
+    @classmethod
+    def _local_folder_exists(cls, value: str | None) -> str | None:
+        """A name that can only be a local folder must exist now, not when the first model loads."""
+        if value is None:
+            return value
+        local = value.startswith(("/", "./", "../", "~")) or value.count("/") > 1  # hub ids are org/name
+        if local and not Path(value).expanduser().exists():
+            raise ValueError(f"no such folder: {value} (hub ids look like org/name)")
+        return value
 
 
 class SplitSection(Section):
