@@ -8,6 +8,7 @@ Broken plugins are never installed: a ``*.dist-info`` folder on PYTHONPATH is en
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -214,3 +215,20 @@ def test_plugin_that_registers_an_existing_name(tmp_path: Path) -> None:
         "plugin spa-dup-plugin (entry point 'dup' = spa_dup_plugin:register): pair_selector 'min_max' is already "
         "registered by built-in"
     ) in result.stderr
+
+
+def test_a_run_through_the_plugin(installed_plugin: Path, tmp_path: Path) -> None:
+    """The plugin's pair selector in a real (shrunk) tiny run: its counts reach the pairs stage."""
+    from test_runner import SHRUNK
+
+    overrides = [o for o in SHRUNK if not o.startswith(("iterations", "noise_detector"))]
+    overrides += ["iterations=1", "noise_detector.lambda=0.5", "pair_selector.name=length_guard",
+                  "pair_selector.max_length_ratio=1.2", f"run.output_dir={tmp_path}", "run.name=p"]
+    result = cli("run", str(REPO / "recipes" / "tiny_spa.yaml"), *overrides, "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = json.loads((tmp_path / "p" / "iter1_pairs" / "counts.json").read_text())
+    pairs = (tmp_path / "p" / "iter1_pairs" / "pairs.jsonl").read_text().splitlines()
+    assert "dropped_length" in counts and counts["pairs"] == len(pairs) > 0
+    for line in pairs:
+        pair = json.loads(line)
+        assert len(pair["chosen"].split()) <= 1.2 * max(len(pair["rejected"].split()), 1) or not pair["rejected"]
