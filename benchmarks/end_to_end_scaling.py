@@ -5,12 +5,14 @@ folder. Peak memory is the process's peak resident set (``ru_maxrss`` from ``os.
 in that one process, so it is the peak over all stages); stage seconds come from the run's manifest.json.
 
 1. The recipe as shipped (3 iterations).
-2. Scaling: ``iterations=1`` with ``split.prompts_per_iteration`` = 1x, 2x, 4x the base (125, 250, 500).
-   The per-prompt stages (iter1_generate, iter1_judge, iter1_pairs, iter1_train) should grow linearly
-   and peak memory stay flat; split, sft, seed DPO and the evaluations do not depend on it.
+2. Scaling: ``iterations=1`` with ``split.prompts_per_iteration`` = 1x, 2x, 4x the base (500, 1000, 2000),
+   the world grown to hold them (``data.num_prompts`` = seed + holdout + the largest) and a smaller SFT
+   warm-up (``data.sft_demonstrations=2000``, one epoch: it does not depend on the prompts and only costs
+   time). The per-prompt stages (iter1_generate, iter1_judge, iter1_pairs, iter1_train) should grow
+   linearly and peak memory stay flat; split, sft, seed DPO and the evaluations do not depend on it.
 
     .venv/bin/python benchmarks/end_to_end_scaling.py
-    .venv/bin/python benchmarks/end_to_end_scaling.py --base-prompts 125 --skip-full
+    .venv/bin/python benchmarks/end_to_end_scaling.py --base-prompts 250 --skip-full
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def run(out: Path, name: str, overrides: list[str]) -> tuple[float, float, dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-prompts", type=int, default=125)
+    parser.add_argument("--base-prompts", type=int, default=500)
     parser.add_argument("--factors", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--skip-full", action="store_true", help="skip the full 3-iteration run")
     args = parser.parse_args()
@@ -60,12 +62,16 @@ def main() -> None:
             for stage, seconds in stages.items():
                 print(f"| {stage} | {seconds:.1f} |")
             print(f"| (sum of stages) | {sum(stages.values()):.1f} |\n")
+        # tiny_spa.yaml: seed_size 50, eval_holdout 200; one iteration needs one lambda.
+        scaling = ["iterations=1", "noise_detector.lambda=[0.5]", "data.sft_demonstrations=2000",
+                   "training.sft.epochs=1", f"data.num_prompts={250 + args.base_prompts * max(args.factors)}"]
+        print(f"overrides: {' '.join(scaling)}")
         print(f"Scaling, iterations=1 ({', '.join(PER_PROMPT)} summed):")
         print("| prompts/iteration | wall s | per-prompt stages s | s per 100 prompts | peak RSS MiB |")
         print("|---|---|---|---|---|")
         for factor in args.factors:
             n = args.base_prompts * factor
-            wall, rss, stages = run(out, f"scale{n}", ["iterations=1", f"split.prompts_per_iteration={n}"])
+            wall, rss, stages = run(out, f"scale{n}", [*scaling, f"split.prompts_per_iteration={n}"])
             per_prompt = sum(stages.get(s, 0.0) for s in PER_PROMPT)
             detail = ", ".join(f"{s.removeprefix('iter1_')} {stages.get(s, 0.0):.1f}" for s in PER_PROMPT)
             print(f"| {n} ({factor}x) | {wall:.1f} | {per_prompt:.1f} ({detail}) | {100 * per_prompt / n:.2f} "

@@ -6,7 +6,7 @@ is resumed. Runs alternate (batched, single, batched, ...); the best of each cou
 generated tokens (EOS counted, padding not) per second of the whole ``generate`` call (model load included).
 
     .venv/bin/python benchmarks/generation_batched_vs_single.py
-    .venv/bin/python benchmarks/generation_batched_vs_single.py --prompts 128 --batch-size 64 --repeats 2
+    .venv/bin/python benchmarks/generation_batched_vs_single.py --prompts 64 --batch-size 16 --repeats 3
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from spa_recipes.toyworld.world import ToyWorld
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
