@@ -111,7 +111,9 @@ def test_ablations_change_one_thing() -> None:
     assert load_recipe(RECIPES / "ablations" / "seed_dpo_only.yaml").iterations == 0
 
 
-def test_smollm2_recipe_validates() -> None:
+def test_smollm2_recipe_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # where scripts/smollm2_checkpoint.py would have written the model
+    (tmp_path / "runs/models/smollm2-135m-instruct").mkdir(parents=True)
     recipe = load_recipe(RECIPES / "smollm2_spa_cpu.yaml")
     assert recipe.data.name == "rule_prompts" and recipe.evaluation.evaluator.name == "rule_gold"
     assert recipe.models.sft == "runs/models/smollm2-135m-instruct"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spa_recipes.errors import RecipeError
 from spa_recipes.paths import SHIPPED_RECIPES, shipped_recipes
 from spa_recipes.recipe import load_recipe, recipe_to_dict
 
@@ -34,8 +35,18 @@ def test_recipes_are_found() -> None:
     assert SHIPPED_RECIPES == REPO / "recipes"
 
 
+# Model folders a shipped recipe expects a documented script to have made (relative to the working directory).
+MADE_BY_SCRIPTS = {"smollm2_spa_cpu.yaml": "runs/models/smollm2-135m-instruct"}  # scripts/smollm2_checkpoint.py
+
+
 @pytest.mark.parametrize("path", COMPLETE, ids=_id)
-def test_complete_recipe_validates(path: Path) -> None:
+def test_complete_recipe_validates(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = MADE_BY_SCRIPTS.get(path.name)
+    if folder:
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(RecipeError, match=f"models.sft: no such folder: {folder}"):
+            load_recipe(path)  # before the script has run: a clear error, before anything loads
+        (tmp_path / folder).mkdir(parents=True)
     recipe = load_recipe(path)
     assert recipe.run.name
     assert recipe_to_dict(recipe)["run"]["name"] == recipe.run.name
