@@ -8,28 +8,9 @@ import os
 # oversubscribe it (a 0.15 s training took 20 s). Set before torch loads; subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-from helpers_tiny import make_tiny_model
-
-
-def _push_eos(path: Path, eos_logit: float) -> None:
-    """Make a saved model's EOS certain (``eos_logit`` > 0) or impossible (< 0) at every step.
-
-    One residual dimension is made huge in every embedding and read only by the EOS row of the (untied)
-    output layer, so the EOS logit is about ``eos_logit * sqrt(hidden)`` whatever the context.
-    """
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path)
-    eos = model.config.eos_token_id
-    with torch.no_grad():
-        model.model.embed_tokens.weight[:, 0] = 1000.0
-        model.lm_head.weight[:, 0] = 0.0
-        model.lm_head.weight[eos, 0] = eos_logit
-    model.save_pretrained(path)
+from helpers_tiny import make_tiny_model, push_eos
 
 
 @pytest.fixture(scope="session")
@@ -43,5 +24,5 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     paths = {name: make_tiny_model(root / name, seed=seed) for seed, name in enumerate(["a", "b", "c"])}
     for name, logit in [("eos_always", 50.0), ("eos_never", -50.0)]:
         paths[name] = make_tiny_model(root / name, seed=3)
-        _push_eos(paths[name], logit)
+        push_eos(paths[name], logit)
     return {name: str(path) for name, path in paths.items()}

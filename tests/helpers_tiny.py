@@ -98,3 +98,20 @@ def make_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def push_eos(path: Path, eos_logit: float) -> None:
+    """Make a saved model's EOS certain (``eos_logit`` > 0) or impossible (< 0) at every step.
+
+    One residual dimension is made huge in every embedding and read only by the EOS row of the (untied)
+    output layer, so the EOS logit is about ``eos_logit * sqrt(hidden)`` whatever the context.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    eos = model.config.eos_token_id
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 1000.0
+        model.lm_head.weight[:, 0] = 0.0
+        model.lm_head.weight[eos, 0] = eos_logit
+    model.save_pretrained(path)

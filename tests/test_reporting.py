@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_runner import SHRUNK as RUNNER_SHRUNK
 from typer.testing import CliRunner
 
 from spa_recipes.cli import app
@@ -20,25 +21,14 @@ from spa_recipes.reporting import build_report, collect_run, compare_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny_spa.yaml"
-# tests/test_runner.py's shrunk tiny run, trained a little longer so that the win rates are not all 50.
+# tests/test_runner.py's shrunk tiny run, trained a little longer so that the win rates are not all 50
+# (later overrides win).
 SHRUNK = [
-    "models.base.hidden_size=64",
-    "models.base.num_layers=2",
-    "models.base.intermediate_size=172",
-    "data.num_prompts=200",
-    "data.sft_demonstrations=600",
-    "split.seed_size=16",
-    "split.prompts_per_iteration=48",
+    *RUNNER_SHRUNK,
     "split.eval_holdout=40",
-    "iterations=2",
-    "noise_detector.lambda=[0.5,0.25]",
-    "generation.max_new_tokens=16",
-    "generation.shard_size=16",
     "training.sft.epochs=2",
     "training.seed.epochs=4",
     "training.iteration.epochs=2",
-    "training.iteration.batch_size=8",
-    "evaluation.samples_per_prompt=1",
 ]
 PLOTS = ("win_rate", "agreement", "noise", "rewards", "loss", "length", "stage_times")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -31,19 +31,11 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")  # both cores (the def
 
 
 def make_model(path: Path, seed: int = 0, eos_logit: float | None = None) -> str:
-    import torch
-    from helpers_tiny import make_tiny_model
-    from transformers import AutoModelForCausalLM
+    from helpers_tiny import make_tiny_model, push_eos
 
     make_tiny_model(path, hidden=64, heads=2, seed=seed)
     if eos_logit is not None:  # EOS certain (> 0) or impossible (< 0) at every step, as in conftest
-        model = AutoModelForCausalLM.from_pretrained(path)
-        eos = model.config.eos_token_id
-        with torch.no_grad():
-            model.model.embed_tokens.weight[:, 0] = 1000.0
-            model.lm_head.weight[:, 0] = 0.0
-            model.lm_head.weight[eos, 0] = eos_logit
-        model.save_pretrained(path)
+        push_eos(path, eos_logit)
     return str(path)
 
 
