@@ -50,7 +50,18 @@ def init_distributed() -> None:
 
     gloo on CPU, nccl on GPUs (accelerate picks; DeepSpeed launches go through deepspeed's own init).
     The collective timeout is ``SPA_RECIPES_DIST_TIMEOUT`` seconds (default 4 hours).
+
+    Raises:
+        UserError: a DeepSpeed launch, refused before any work: its engine keeps checkpoints of its own,
+            which the trainers neither write nor read.
     """
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        from spa_recipes.errors import UserError
+
+        raise UserError(
+            "DeepSpeed launches are not supported: use configs/accelerate/fsdp.yaml, where FSDP2 shards "
+            "parameters, gradients and optimiser state as ZeRO-3 does"
+        )
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _initialized():
         return
     import torch

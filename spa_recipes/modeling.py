@@ -54,12 +54,21 @@ def load_model(
     return model.eval()
 
 
-def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str]) -> None:
+def save_model(
+    model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
     """``save_pretrained`` of model, tokenizer and generation config into ``out_dir``.
 
+    ``state_dict`` replaces the model's own weights (the gathered full weights of a sharded model).
     Writes into ``out_dir`` directly; callers make it atomic by writing to a temporary folder and renaming.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    if state_dict is not None:
+        # Gathered tensors no longer share storage, so save_pretrained cannot see tied weights (an LM head
+        # tied to the embeddings): keep the first name of each shared parameter, as named_parameters() does.
+        named = {n for n, _ in model.named_parameters()}
+        aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - named
+        state_dict = {k: v for k, v in state_dict.items() if k not in aliases}
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)

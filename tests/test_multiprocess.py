@@ -3,7 +3,8 @@
 Generation and judging are split by shard across the processes and gathered once; training is
 data-parallel; only the main process writes. The checks: the same prompts, every prompt exactly once,
 byte-identical responses and pairs when the model is the same (shard seeds), a resume after one rank is
-SIGKILLed, and a trained model of the same quality when the global batch is the same.
+SIGKILLed, and a trained model of the same quality when the global batch is the same. The same again with
+FSDP2 (the shipped configs/accelerate/fsdp.yaml, through tests/fsdp_on_cpu.py, which stands in for GPUs).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from test_runner import SHRUNK, TINY, started_stages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +39,8 @@ QUALITY = [
 # Two processes with half the per-process batch: the same global batches, so the same optimiser steps.
 HALF_BATCH = ["training.sft.batch_size=32", "training.seed.batch_size=8", "training.iteration.batch_size=4"]
 ENV = {"OMP_NUM_THREADS": "1"}
+FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp.yaml"
+TRAINED = ("sft", "seed_dpo", "iter1_train")
 
 
 def launch(nproc: int, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -47,6 +51,22 @@ def launch(nproc: int, out: Path, *extra: str, env: dict[str, str] | None = None
          "run.name=t", "--no-progress", *extra],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, **ENV, **(env or {})}, timeout=300,
     )
+
+
+def launch_fsdp(out: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``accelerate launch`` of the shipped FSDP config with 2 processes (fp32: no GPU here)."""
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG), "--num_processes", "2",
+         "--mixed_precision", "no", str(ROOT / "tests" / "fsdp_on_cpu.py"), "run", str(TINY), *overrides,
+         f"run.output_dir={out}", "run.name=t", "--no-progress"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **ENV, **(env or {})}, timeout=300,
+    )
+
+
+def weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors")
 
 
 def rows(path: Path) -> list[dict]:
@@ -168,3 +188,47 @@ def test_run_sharded_deals_out_missing_shards_and_returns_every_item_once(tmp_pa
     computed = sorted(p.name for p in tmp_path.glob("computed-*"))
     assert [c.split("-")[1] for c in computed] == ["0", "2", "3"]  # shard 1 was on disk: nobody redid it
     assert len({c.split("-")[3] for c in computed}) == min(nproc, 3)  # the missing shards were dealt out
+
+
+def test_fsdp_trains_sharded_and_saves_whole_models_of_the_same_quality(one_process: Path, tmp_path: Path) -> None:
+    result = launch_fsdp(tmp_path, *QUALITY, *HALF_BATCH)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "t"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for stage in TRAINED:
+        assert manifest["stages"][stage]["summary"]["parallelism"] == "fsdp2", stage
+        ours, theirs = weights(run_dir / stage / "model"), weights(one_process / stage / "model")
+        # Whole tensors, gathered from both shards, under the same names (a tied LM head saved once).
+        assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}, stage
+    one_manifest = json.loads((one_process / "manifest.json").read_text())
+    assert one_manifest["stages"]["sft"]["summary"]["parallelism"] == "single"
+    theirs = win_rates(one_process)
+    for model, rate in win_rates(run_dir).items():
+        assert abs(rate - theirs[model]) <= 8, (model, rate, theirs)
+
+
+def test_fsdp_resume_from_a_sharded_checkpoint_gives_the_same_model(tmp_path: Path) -> None:
+    shrunk = [o for o in SHRUNK if not o.startswith(("iterations", "noise_detector"))]
+    shrunk += ["iterations=1", "noise_detector.lambda=[0.5]"]
+    whole = launch_fsdp(tmp_path / "whole", *shrunk)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = launch_fsdp(tmp_path / "cut", *shrunk, env={"SPA_RECIPES_KILL_AT": "iter1_train/work/checkpoints/step-2"})
+    assert killed.returncode != 0
+    assert (tmp_path / "cut/t/iter1_train/work/checkpoints/step-2/.complete").is_file()
+    resumed = launch_fsdp(tmp_path / "cut", *shrunk)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed_from 2" in resumed.stdout
+    # Optimiser moments and weights went through gather-to-main and scatter-to-shards: any slip shows here.
+    ours, theirs = weights(tmp_path / "cut/t/iter1_train/model"), weights(tmp_path / "whole/t/iter1_train/model")
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_deepspeed_launch_is_refused_before_any_work(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "spa_recipes", "run", str(TINY), f"run.output_dir={tmp_path}", "run.name=t"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"}, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "DeepSpeed launches are not supported: use configs/accelerate/fsdp.yaml" in result.stderr
+    assert not (tmp_path / "t").exists()

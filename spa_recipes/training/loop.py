@@ -18,8 +18,12 @@ Checkpoints (``work_dir/checkpoints/step-N``, written by the main process with `
 weights, optimiser, scheduler, loop counters, and per process its RNG states (torch, CUDA, python,
 numpy) and its stateful components (e.g. a noise detector's window). A run finding a complete
 checkpoint continues from the newest one; the final weights equal those of an uninterrupted run.
-Checkpoints are taken at optimiser-step boundaries. Sharded setups (FSDP, DeepSpeed ZeRO-3) are not
-covered by these checkpoints; DDP is.
+Checkpoints are taken at optimiser-step boundaries.
+
+Sharding. Weights and optimiser state go through ``torch.distributed.checkpoint.state_dict``: gathered
+to full tensors on the main process when saved, and scattered back to each process's shard when loaded.
+That one path serves a single process, DDP and FSDP2 alike, so a checkpoint holds full (unsharded)
+tensors whatever wrote it. The final weights are gathered the same way (:attr:`LoopResult.state_dict`).
 """
 
 from __future__ import annotations
@@ -120,9 +124,17 @@ def resolve_mixed_precision(name: str) -> str:
 
 
 def make_accelerator(mixed_precision: str) -> Any:
+    """The trainers' ``Accelerator``; the launcher (``accelerate launch --config_file``) picks DDP or FSDP."""
     from accelerate import Accelerator
 
     return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision))
+
+
+def parallelism(accelerator: Any) -> str:
+    """How training is spread: ``single``, ``ddp`` (whole model per process) or ``fsdp2`` (sharded)."""
+    if accelerator.is_fsdp2:
+        return "fsdp2"
+    return "ddp" if accelerator.num_processes > 1 else "single"
 
 
 def build_optimizer(model: torch.nn.Module, training: TrainingSection) -> torch.optim.Optimizer:
@@ -163,6 +175,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _gathered() -> Any:
+    """Full (unsharded) tensors on the CPU of the main process; nothing on the others."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The prepared (plain, DDP or FSDP2) model's full weights on the main process's CPU; ``{}`` elsewhere.
+
+    Every process must call it (FSDP gathers the shards).
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_gathered())
+
+
 def list_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints as ``(step, folder)``, oldest first."""
     root = work_dir / CHECKPOINTS
@@ -192,14 +221,16 @@ def save_checkpoint(
     Every process must call it (per-process states are gathered to the main process, which writes).
     """
     from accelerate.utils import gather_object
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     process_state = {"rng": rng_state(), **{name: obj.state_dict() for name, obj in stateful.items()}}
     states = gather_object([process_state]) if accelerator.num_processes > 1 else [process_state]
-    model_state = accelerator.get_state_dict(model)
+    model_state = full_state_dict(model)
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=_gathered())
     if accelerator.is_main_process:
         with atomic_dir(work_dir / CHECKPOINTS / f"step-{step}") as tmp:
             torch.save(model_state, tmp / "model.pt")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(states, tmp / "process_states.pt")
             (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=2, sort_keys=True))
@@ -232,8 +263,23 @@ def load_checkpoint(
             f"checkpoint {folder} was written by {len(states)} processes, this run has "
             f"{accelerator.num_processes}; resume with the same process count or delete the checkpoint"
         )
-    accelerator.unwrap_model(model).load_state_dict(torch.load(folder / "model.pt", weights_only=False))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    # The main process reads the full tensors and sends each process its shard; the others read nothing.
+    spread = accelerator.num_processes > 1
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=spread)
+
+    def read(name: str) -> dict[str, Any]:
+        if spread and not accelerator.is_main_process:
+            return {}
+        return torch.load(folder / name, weights_only=False, mmap=True)
+
+    set_model_state_dict(model, read("model.pt"), options=options)
+    set_optimizer_state_dict(model, optimizer, read("optimizer.pt"), options=options)
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
     mine = states[accelerator.process_index]
     for name, obj in stateful.items():
@@ -275,9 +321,14 @@ def _reduce_stats(accelerator: Any, micro: list[MicroBatch]) -> dict[str, Any]:
 
 @dataclass
 class LoopResult:
-    """What a finished (or deliberately stopped) loop returns."""
+    """What a finished (or deliberately stopped) loop returns.
+
+    ``model`` is the unwrapped model (under FSDP its parameters are still sharded); ``state_dict`` holds its
+    full trained weights on the main process (``{}`` on the others, and after a deliberate stop): save that.
+    """
 
     model: torch.nn.Module
+    state_dict: dict[str, torch.Tensor]
     steps: int
     total_steps: int
     skipped_steps: int
@@ -459,9 +510,11 @@ def run_training_loop(
             stopped_early = True
             break
     bar.close()
+    final_state = {} if stopped_early else full_state_dict(model)
     accelerator.wait_for_everyone()
     return LoopResult(
         model=accelerator.unwrap_model(model),
+        state_dict=final_state,
         steps=step,
         total_steps=plan.total_steps,
         skipped_steps=loop_state["skipped_steps"],

@@ -33,7 +33,7 @@ from spa_recipes.sequences import (
     sequence_logps_from_logits,
     shift_for_logps,
 )
-from spa_recipes.training.loop import MicroBatch, make_accelerator, read_metrics, run_training_loop
+from spa_recipes.training.loop import MicroBatch, make_accelerator, parallelism, read_metrics, run_training_loop
 
 REF_LOGPS_CACHE = "ref_logps.json"
 Encoded = tuple[list[int], list[int]]
@@ -287,7 +287,7 @@ def train_preference(
     ref_model = None  # free the reference before saving
     if not result.stopped_early and accelerator.is_main_process:
         with atomic_dir(output_dir) as tmp:
-            save_model(result.model, tokenizer, tmp)
+            save_model(result.model, tokenizer, tmp, result.state_dict)
     accelerator.wait_for_everyone()
     rows = read_metrics(work_dir)
     return {
@@ -303,6 +303,7 @@ def train_preference(
         "stopped_early": result.stopped_early,
         "extrapolated": extrapolate,
         "pairs": len(pairs),
+        "parallelism": parallelism(accelerator),
     }
 
 

@@ -16,7 +16,7 @@ from spa_recipes.errors import DataError
 from spa_recipes.modeling import load_model, save_model
 from spa_recipes.schema import TrainingSection
 from spa_recipes.sequences import collate, encode_prompt, encode_response, join_prompt_response, shift_for_logps
-from spa_recipes.training.loop import MicroBatch, make_accelerator, run_training_loop
+from spa_recipes.training.loop import MicroBatch, make_accelerator, parallelism, run_training_loop
 
 
 def train_sft(
@@ -97,7 +97,7 @@ def train_sft(
     )
     if not result.stopped_early and accelerator.is_main_process:
         with atomic_dir(output_dir) as tmp:
-            save_model(result.model, tokenizer, tmp)
+            save_model(result.model, tokenizer, tmp, result.state_dict)
     accelerator.wait_for_everyone()
     result.model.eval()
     losses = [r["loss"] for r in result.history]
@@ -111,4 +111,5 @@ def train_sft(
         "tokens_per_s": sum(speeds) / len(speeds) if speeds else float("nan"),
         "resumed_from": result.resumed_from,
         "stopped_early": result.stopped_early,
+        "parallelism": parallelism(accelerator),
     }
