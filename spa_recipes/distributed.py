@@ -75,6 +75,20 @@ def init_distributed() -> None:
     )
 
 
+def shutdown_distributed() -> None:
+    """Wait for every process, then tear the process group down (no-op in a single process).
+
+    Called at the end of a run: a process that exits with the group still up can abort in its C++
+    teardown ("terminate called without an active exception", seen with FSDP2 on gloo), which the
+    launcher reports as a failed run.
+    """
+    if _initialized():
+        import torch.distributed as dist
+
+        barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait until every process gets here (no-op in a single process)."""
     if _initialized():

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from spa_recipes.atomic import MARKER, is_complete, write_json_atomic, write_text_atomic
-from spa_recipes.distributed import barrier, broadcast, init_distributed, is_main_process
+from spa_recipes.distributed import barrier, broadcast, init_distributed, is_main_process, shutdown_distributed
 from spa_recipes.progress import set_progress
 from spa_recipes.recipe import recipe_to_dict
 from spa_recipes.registry import get_registry
@@ -171,6 +171,7 @@ def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None
         for stage in graph:
             _run_stage(ctx, stage, manifest)
         _say(f"done: {run_dir / 'results.json'}")
+        shutdown_distributed()
         return run_dir
     finally:
         for logger in ctx._cache.get("loggers", []) if ctx is not None else []:
