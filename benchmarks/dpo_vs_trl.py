@@ -71,6 +71,7 @@ def run_ours(model: str, pairs: list[dict], args: argparse.Namespace, tmp: Path)
         max_length=256,
         max_prompt_length=128,
         max_grad_norm=1.0,
+        group_by_length=args.group_by_length,
     )
     start = time.perf_counter()
     train_preference(
@@ -102,6 +103,10 @@ def run_trl(model_path: str, pairs: list[dict], args: argparse.Namespace, tmp: P
         {"prompt": render_prompt(tokenizer, p["prompt"]), "chosen": p["chosen"], "rejected": p["rejected"]}
         for p in pairs
     ]
+    if args.group_by_length:  # transformers' LengthGroupedSampler reads the "length" column: the padded width
+        for row, pair in zip(rows, pairs, strict=True):
+            prompt = len(encode_prompt(tokenizer, pair["prompt"]))
+            row["length"] = prompt + max(len(encode_response(tokenizer, pair[k])) for k in ("chosen", "rejected"))
     config = DPOConfig(
         output_dir=str(tmp / "trl"),
         per_device_train_batch_size=args.batch_size,
@@ -121,6 +126,8 @@ def run_trl(model_path: str, pairs: list[dict], args: argparse.Namespace, tmp: P
         logging_steps=10_000,
         seed=0,
         disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if args.group_by_length else "random",
+        remove_unused_columns=not args.group_by_length,  # keep the "length" column for the sampler
     )
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -162,6 +169,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument(
+        "--group-by-length", action="store_true", help="length-grouped batches on both sides (ours and TRL's sampler)"
+    )
     args = parser.parse_args()
     peak = matmul_peak(args.matmul_size)
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -183,7 +193,8 @@ def main() -> None:
     best = {k: min(v) for k, v in times.items()}
     print(
         f"{args.pairs} pairs, {tokens} tokens/epoch, Llama hidden {args.hidden} x {args.layers} layers, "
-        f"vocab {args.vocab}, batch {args.batch_size}, fp32, {torch.get_num_threads()} threads"
+        f"vocab {args.vocab}, batch {args.batch_size}, fp32, {torch.get_num_threads()} threads, "
+        f"{'length-grouped' if args.group_by_length else 'random'} batches"
     )
     flops = 8 * n_params * tokens  # 6N trained + 2N reference per token
     print(
@@ -206,7 +217,7 @@ def main() -> None:
     print(
         f"reproduce: .venv/bin/python benchmarks/dpo_vs_trl.py --pairs {args.pairs} --batch-size {args.batch_size} "
         f"--hidden {args.hidden} --layers {args.layers} --vocab {args.vocab} --repeats {args.repeats} "
-        f"--matmul-size {args.matmul_size}"
+        f"--matmul-size {args.matmul_size}{' --group-by-length' if args.group_by_length else ''}"
     )
 
 

@@ -96,6 +96,11 @@ class TrainingSection(Section):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     batch_size: int = Field(8, gt=0, description="pairs (or sequences) per device per micro-batch")
     gradient_accumulation_steps: int = Field(1, gt=0)
+    group_by_length: bool = Field(
+        False,
+        description="batch examples of similar length together (less padding, faster); the batches are still "
+        "drawn in random order",
+    )
     max_grad_norm: float | None = Field(1.0, description="gradient clipping; null turns it off")
     weight_decay: float = Field(0.0, ge=0.0)
     max_length: int = Field(2048, gt=0, description="prompt + response tokens; responses are cut at the end")

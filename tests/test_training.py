@@ -24,7 +24,7 @@ from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.noise import BatchQuantileDetector, NoNoiseDetector, RollingQuantileDetector
 from spa_recipes.refiners import LabelSmoothingRefiner, NoRefiner
 from spa_recipes.schema import TrainingSection
-from spa_recipes.training.loop import TrainingError, list_checkpoints, read_metrics
+from spa_recipes.training.loop import TrainingError, epoch_batches, list_checkpoints, read_metrics
 from spa_recipes.training.preference import train_preference
 from spa_recipes.training.sft import train_sft
 
@@ -151,10 +151,11 @@ def test_extrapolated_confidence_runs_the_reference_per_step(tiny: str, tmp_path
     assert abs(rows[-1]["confidence_margins"]) > abs(rows[-1]["margins"]) > 0
 
 
-@pytest.mark.parametrize("detector", ["rolling", "batch"])
-def test_resume_gives_identical_weights(tiny: str, tmp_path: Path, detector: str) -> None:
+@pytest.mark.parametrize(("detector", "grouped"), [("rolling", False), ("batch", False), ("rolling", True)])
+def test_resume_gives_identical_weights(tiny: str, tmp_path: Path, detector: str, grouped: bool) -> None:
     pairs, _ = planted_pairs(40, 0.2)
     training = section(
+        group_by_length=grouped,
         epochs=1.5,
         batch_size=4,
         gradient_accumulation_steps=2,
@@ -257,3 +258,29 @@ def test_given_reference_logps_replace_the_reference_pass(tiny: str, tmp_path: P
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(DataError, match="no reference log-probs for pair"):
         run_dpo(tiny, tmp_path / "c", pairs, section(), ref_logps={})
+
+
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_length_grouping_cuts_padding_and_keeps_every_example(num_processes: int) -> None:
+    lengths = [random.Random(i).randrange(10, 200) for i in range(1000)]
+    common = dict(seed=3, epoch=1, batch_size=8, num_processes=num_processes)
+
+    def deal(grouped: bool) -> list[list[list[int]]]:
+        given = lengths if grouped else None
+        return [epoch_batches(1000, **common, process_index=p, lengths=given) for p in range(num_processes)]
+
+    def padded(batches: list[list[list[int]]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) for proc in batches for b in proc)
+
+    plain, grouped = deal(False), deal(True)
+    # The same examples, each as often as before; every process has as many micro-batches as before.
+    assert sorted(i for p in grouped for b in p for i in b) == sorted(i for p in plain for b in p for i in b)
+    assert [len(p) for p in grouped] == [len(p) for p in plain]
+    useful = sum(lengths)
+    assert useful / padded(grouped) > 0.97 > 0.7 > useful / padded(plain)
+    # Process p's k-th micro-batch is in the same global batch as the others' k-th: similar lengths across them.
+    for k in range(len(grouped[0])):
+        widths = [max(lengths[i] for i in proc[k]) for proc in grouped]
+        assert max(widths) - min(widths) <= 10
+    assert grouped == deal(True)  # a pure function of its arguments
+    assert epoch_batches(1000, **{**common, "epoch": 2}, process_index=0, lengths=lengths) != grouped[0]

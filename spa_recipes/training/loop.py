@@ -7,8 +7,12 @@ examples at ``indices``) under the prepared model and its statistics. Everything
 
 Data order. Each epoch is a permutation of the examples drawn from ``torch.Generator`` seeded with
 ``(seed, epoch)``; it is padded with its own head to a multiple of the process count (as
-``DistributedSampler`` does) and dealt out in micro-batches of ``batch_size`` per process. The order is a
-pure function of (seed, epoch, process count), so a checkpoint stores only where in it training stands.
+``DistributedSampler`` does) and dealt out in micro-batches of ``batch_size`` per process. With
+``group_by_length`` the permutation is then cut into windows of ``GROUP_WINDOW`` global batches, each window
+sorted by example length and cut into global batches, and the full global batches are shuffled by the same
+generator (the one short batch, if any, stays last): each micro-batch holds examples of similar length, so
+little of it is padding. The order is a pure function of (seed, epoch, process count, lengths), so a
+checkpoint stores only where in it training stands.
 
 Steps. ``epochs`` may be fractional: the run is ``ceil(epochs * micro_batches_per_epoch)`` micro-batches,
 grouped by ``gradient_accumulation_steps`` into optimiser steps (the last one may be shorter; its
@@ -105,15 +109,43 @@ def plan_steps(num_examples: int, training: TrainingSection, num_processes: int)
 
 
 def epoch_batches(
-    num_examples: int, *, seed: int, epoch: int, batch_size: int, num_processes: int, process_index: int
+    num_examples: int,
+    *,
+    seed: int,
+    epoch: int,
+    batch_size: int,
+    num_processes: int,
+    process_index: int,
+    lengths: list[int] | None = None,
 ) -> list[list[int]]:
-    """This process's micro-batches (example indices) for one epoch; see the module docstring."""
+    """This process's micro-batches (example indices) for one epoch; see the module docstring.
+
+    ``lengths`` (one per example, e.g. its padded width) turns on length grouping.
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_examples, generator=generator).tolist()
     padded_len = math.ceil(num_examples / num_processes) * num_processes
     order = (order * math.ceil(padded_len / num_examples))[:padded_len]
+    if lengths is not None:
+        order = _group_by_length(order, lengths, batch_size * num_processes, generator)
     mine = order[process_index::num_processes]
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+GROUP_WINDOW = 32  # global batches sorted together: long enough to find similar lengths, short enough to mix
+
+
+def _group_by_length(order: list[int], lengths: list[int], global_batch: int, generator: torch.Generator) -> list[int]:
+    window = global_batch * GROUP_WINDOW
+    ranked: list[int] = []
+    for start in range(0, len(order), window):
+        ranked += sorted(order[start : start + window], key=lambda i: -lengths[i])  # stable: ties keep their order
+    batches = [ranked[i : i + global_batch] for i in range(0, len(ranked), global_batch)]
+    full = [b for b in batches if len(b) == global_batch]
+    short = [b for b in batches if len(b) < global_batch]
+    # Every process draws the same permutation, so process p's k-th micro-batch stays in the k-th global batch.
+    shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+    return [i for batch in shuffled + short for i in batch]
 
 
 def resolve_mixed_precision(name: str) -> str:
@@ -351,6 +383,7 @@ def run_training_loop(
     progress: bool = True,
     description: str = "train",
     stop_after: int | None = None,
+    lengths: list[int] | None = None,
 ) -> LoopResult:
     """Train ``model`` on ``num_examples`` examples with ``compute`` giving each micro-batch's loss.
 
@@ -368,6 +401,8 @@ def run_training_loop(
         description: the bar's label.
         stop_after: stop (as if cut off) after this many optimiser steps, once that step's checkpoint is
             written; for splitting a run across job slots and for resume tests.
+        lengths: each example's length (the width it pads its micro-batch to); used when
+            ``training.group_by_length`` is on.
 
     Returns:
         A :class:`LoopResult` whose ``model`` is the unwrapped trained model.
@@ -438,6 +473,7 @@ def run_training_loop(
                     batch_size=training.batch_size,
                     num_processes=accelerator.num_processes,
                     process_index=accelerator.process_index,
+                    lengths=lengths if training.group_by_length else None,
                 )
                 batches_epoch = epoch
             last = micro == micro_indices[-1]

@@ -283,6 +283,7 @@ def train_preference(
         progress=progress,
         description=description,
         stop_after=stop_after,
+        lengths=[max(len(c[0]), len(r[0])) for c, r in zip(chosen, rejected, strict=True)],
     )
     ref_model = None  # free the reference before saving
     if not result.stopped_early and accelerator.is_main_process:

@@ -94,6 +94,7 @@ def train_sft(
         progress=progress,
         description=description,
         stop_after=stop_after,
+        lengths=[len(ids) for ids, _ in encoded],
     )
     if not result.stopped_early and accelerator.is_main_process:
         with atomic_dir(output_dir) as tmp:
