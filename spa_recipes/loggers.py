@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from spa_recipes.atomic import write_text_atomic
 from spa_recipes.builtins import JsonlLoggerConfig, TensorBoardLoggerConfig, WandbLoggerConfig
 
 _ITERATION_STAGE = re.compile(r"^iter(\d+)_(\w+)$")
@@ -92,6 +94,9 @@ class TensorBoardLogger:
         self.writer.close()
 
 
+WANDB_ID_FILE = "wandb_run_id"
+
+
 class WandbLogger:
     """A W&B run (offline by default): summaries against ``iteration``, training steps against ``<stage>/step``.
 
@@ -106,8 +111,13 @@ class WandbLogger:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         recipe = self.run_dir / "recipe.yaml"
         config = yaml.safe_load(recipe.read_text()) if recipe.is_file() else None
+        # One W&B run per run directory: a resumed run continues it (the finished stages are not logged again).
+        id_file = self.run_dir / WANDB_ID_FILE
+        if not id_file.is_file():
+            write_text_atomic(id_file, uuid.uuid4().hex[:12])
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(self.run_dir),
-                              name=cfg.name or self.run_dir.name, tags=cfg.tags or None, config=config)
+                              name=cfg.name or self.run_dir.name, tags=cfg.tags or None, config=config,
+                              id=id_file.read_text().strip(), resume="allow")
         self.run.define_metric("iteration")
         self.run.define_metric("summary/*", step_metric="iteration")
 

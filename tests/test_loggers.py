@@ -145,3 +145,13 @@ def test_wandb_logger_sends_summaries_and_steps(tmp_path: Path, monkeypatch: pyt
         {"iter1_train/loss": 0.65, "iter1_train/flagged_fraction": 0.125, "iter1_train/step": 2},
     ]
     assert run.finished
+
+    # A resumed run (a new process on the same run directory) continues the same W&B run.
+    first_id = init_kwargs["id"]
+    assert init_kwargs["resume"] == "allow" and len(first_id) == 12
+    init_kwargs.clear()
+    WandbLogger(cfg, run_dir=run_dir).close()
+    assert init_kwargs["id"] == first_id
+    other = fake_run_dir(tmp_path / "other")
+    WandbLogger(cfg, run_dir=other).close()
+    assert init_kwargs["id"] != first_id
