@@ -9,6 +9,7 @@ at the end so that prompt + response fit ``max_length`` (EOS is kept as the last
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,11 @@ def render_prompt(tokenizer: Any, messages: Messages) -> str:
 def encode_prompt(tokenizer: Any, messages: Messages, max_prompt_length: int | None = None) -> list[int]:
     """Token ids of a prompt (chat template + generation prompt), cut at the start to ``max_prompt_length``."""
     ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    return _cut_prompt(ids, max_prompt_length)
+
+
+def _cut_prompt(ids: list[int], max_prompt_length: int | None) -> list[int]:
+    """The last ``max_prompt_length`` ids of a prompt (its end holds the instruction and generation prompt)."""
     if max_prompt_length is not None and len(ids) > max_prompt_length:
         ids = ids[len(ids) - max_prompt_length :]
     return ids
@@ -52,13 +58,10 @@ def join_prompt_response(
 def collate(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad ``(input_ids, labels)`` pairs to the longest in the batch."""
     width = max(len(ids) for ids, _ in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(sequences), width), -100, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, (ids, lab) in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        attention_mask[row, : len(ids)] = 1
+    # Padded Python lists, then one tensor each: a tensor per row costs more than the padding.
+    input_ids = torch.tensor([[*ids] + [pad_token_id] * (width - len(ids)) for ids, _ in sequences], dtype=torch.long)
+    labels = torch.tensor([[*lab] + [-100] * (width - len(lab)) for _, lab in sequences], dtype=torch.long)
+    attention_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in sequences], dtype=torch.long)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
@@ -73,19 +76,139 @@ def shift_for_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return logits[:, :-1], shifted_labels.masked_fill(~mask, 0), mask
 
 
+def encode_sequences(
+    tokenizer: Any,
+    prompts: Sequence[Messages],
+    responses: Sequence[str],
+    max_prompt_length: int | None = None,
+    max_length: int | None = None,
+) -> list[tuple[list[int], list[int]]]:
+    """``(input_ids, labels)`` of each (prompt, response) pair, as :func:`join_prompt_response` builds them.
+
+    The same ids as ``join_prompt_response(encode_prompt(...), encode_response(...), max_length)`` per
+    pair, computed faster: each distinct prompt is rendered and tokenized once (a prompt with K sampled
+    responses comes K times), and the texts are tokenized in two batched tokenizer calls.
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        prompts: chat messages per pair.
+        responses: assistant text per pair.
+        max_prompt_length: prompts longer than this are cut at the start.
+        max_length: prompt + response longer than this are cut at the end, EOS kept.
+
+    Returns:
+        One ``(input_ids, labels)`` per pair, in input order.
+
+    Raises:
+        ValueError: if ``prompts`` and ``responses`` differ in length.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    # Key prompts by content: the same messages may arrive as distinct (equal) objects.
+    keys = [json.dumps(p, sort_keys=True) for p in prompts]
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    texts = [render_prompt(tokenizer, prompts[i]) for i in first.values()]
+    prompt_ids: dict[str, list[int]] = {}
+    if texts:
+        for key, ids in zip(first, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True):
+            prompt_ids[key] = _cut_prompt(ids, max_prompt_length)
+    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if responses else []
+    eos = tokenizer.eos_token_id
+    return [
+        join_prompt_response(prompt_ids[key], ids + [eos], max_length)
+        for key, ids in zip(keys, response_ids, strict=True)
+    ]
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices cut into batches of sequences of similar length, so right padding stays small.
+
+    Longest first (the largest batch comes first, so running out of memory shows at once); equal
+    lengths keep their input order, so the batches are a fixed function of ``lengths``.
+
+    Args:
+        lengths: the length of each sequence.
+        batch_size: sequences per batch (the last one may be smaller).
+
+    Returns:
+        Lists of indices into ``lengths``, every index exactly once.
+
+    Raises:
+        ValueError: if ``batch_size`` is not positive.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def sequence_logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sum of response-token log-probs, and the number of response tokens.
+
+    The log-softmax runs only over the logits rows at response positions (prompt and padding rows are
+    never normalised), in float32; the per-token log-probs are put back in place, with zeros elsewhere,
+    and summed per sequence. Differentiable with respect to ``logits``.
 
     Args:
         logits: ``[batch, seq, vocab]`` from a forward pass over ``input_ids``.
         labels: ``[batch, seq]`` as built by :func:`join_prompt_response` (-100 on prompt and padding).
+
+    Returns:
+        ``(logps [batch] float32, lengths [batch])``.
     """
     logits, targets, mask = shift_for_logps(logits, labels)
-    token_logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+    rows = logits[mask].float()  # [response tokens, vocab], a copy
+    if torch.is_grad_enabled() and rows.requires_grad:
+        rows = F.log_softmax(rows, dim=-1)
+    else:  # scoring: normalise the copy in place, one buffer of that size instead of two
+        rows = torch.log_softmax(rows, dim=-1, out=rows)
+    token_logps = rows.gather(1, targets[mask].unsqueeze(-1)).squeeze(-1)
+    # Back in place and summed along the sequence, the order a full-position sum would add them in.
+    placed = torch.zeros(mask.shape, dtype=token_logps.dtype, device=token_logps.device)
+    return placed.masked_scatter(mask, token_logps).sum(-1), mask.sum(-1)
 
 
 @torch.no_grad()
+def score_encoded(
+    model: Any,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    *,
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs and response lengths of already encoded sequences under ``model``.
+
+    Batches are formed from length-sorted sequences (:func:`length_sorted_batches`), so little of each
+    forward pass is spent on padding; the results come back in input order.
+
+    Args:
+        model: a causal LM.
+        encoded: ``(input_ids, labels)`` per sequence (:func:`encode_sequences`).
+        batch_size: sequences per forward pass.
+        pad_token_id: the id used for right padding.
+        device: where to run; default the model's device.
+
+    Returns:
+        ``(logps [n], lengths [n])`` on the CPU, in the order of ``encoded``.
+    """
+    device = device or next(model.parameters()).device
+    logps = torch.zeros(len(encoded))
+    lengths = torch.zeros(len(encoded), dtype=torch.long)
+    for indices in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_token_id).items()}
+        # No KV cache: nothing is generated after this pass, and building one costs ~3% of it.
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        lp, n = sequence_logps_from_logits(logits, batch["labels"])
+        del logits  # not alive next to the next batch's logits (with a large vocabulary, the biggest tensor)
+        where = torch.tensor(indices)
+        logps[where] = lp.cpu()
+        lengths[where] = n.cpu()
+    return logps, lengths
+
+
 def score_sequences(
     model: Any,
     tokenizer: Any,
@@ -99,22 +222,12 @@ def score_sequences(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log-probs of each response given its prompt (EOS included), and the response lengths.
 
+    :func:`encode_sequences` then :func:`score_encoded`; to score the same pairs under several models,
+    encode once and call :func:`score_encoded` per model.
+
     Returns:
         ``(logps [n], lengths [n])`` on the CPU, in the order of the inputs.
     """
-    device = device or next(model.parameters()).device
-    encoded = [
-        join_prompt_response(encode_prompt(tokenizer, p, max_prompt_length), encode_response(tokenizer, r), max_length)
-        for p, r in zip(prompts, responses, strict=True)
-    ]
+    encoded = encode_sequences(tokenizer, prompts, responses, max_prompt_length, max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    logps, lengths = [], []
-    for start in range(0, len(encoded), batch_size):
-        batch = {k: v.to(device) for k, v in collate(encoded[start : start + batch_size], pad).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        lp, n = sequence_logps_from_logits(logits, batch["labels"])
-        logps.append(lp.cpu())
-        lengths.append(n.cpu())
-    if not logps:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(logps), torch.cat(lengths)
+    return score_encoded(model, encoded, batch_size=batch_size, pad_token_id=pad, device=device)

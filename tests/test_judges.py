@@ -1,4 +1,4 @@
-"""The implicit-reward judge against a direct computation with the two models."""
+"""The implicit-reward judge against a direct computation with the two models, and the sequence scoring under it."""
 
 from __future__ import annotations
 
@@ -6,11 +6,24 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import spa_recipes.judges.implicit as implicit
 from spa_recipes.builtins import ImplicitJudgeConfig
 from spa_recipes.judges import Judge
 from spa_recipes.judges.implicit import ImplicitRewardJudge
+from spa_recipes.modeling import load_model, load_tokenizer
+from spa_recipes.sequences import (
+    collate,
+    encode_prompt,
+    encode_response,
+    encode_sequences,
+    join_prompt_response,
+    length_sorted_batches,
+    score_sequences,
+    sequence_logps_from_logits,
+)
 
 ROWS = [
     {"id": "r0", "prompt": [{"role": "user", "content": "w1 w2"}], "responses": ["w3 w4 w5", "w6"]},
@@ -147,3 +160,132 @@ def test_non_finite_scores_are_invalid(tiny_models: dict[str, str], tmp_path: Pa
     assert all(r["valid"] == [False, False] for r in rows)
     assert all(s != s for r in rows for s in r["scores"])  # NaN
     assert all(lp == lp for r in rows for lp in r["policy_logps"])  # the policy itself was fine
+
+
+# Mixed lengths, a repeated prompt given as distinct equal objects, an empty response, and (with the limits
+# used below) prompts cut at the start and responses cut at the end.
+PROMPTS = [
+    [{"role": "user", "content": "w1 w2"}],
+    [{"role": "user", "content": " ".join(f"w{i}" for i in range(20, 32))}],
+    [{"role": "user", "content": "w1 w2"}],
+    [{"role": "user", "content": "w7"}],
+    [{"role": "user", "content": "w3"}],
+    [{"role": "user", "content": "w1 w2"}],
+    [{"role": "user", "content": "w9 w8 w7 w6"}],
+]
+RESPONSES = ["w3 w4 w5", "w6", "", " ".join(f"w{i}" for i in range(33, 55)), "w10 w11", "w3 w4 w5", "w12"]
+
+
+def test_encode_sequences_matches_encoding_each_pair(tiny_models: dict[str, str]) -> None:
+    tokenizer = load_tokenizer(tiny_models["a"])
+    for limits in [(None, None), (8, 20)]:
+        expected = [
+            join_prompt_response(encode_prompt(tokenizer, p, limits[0]), encode_response(tokenizer, r), limits[1])
+            for p, r in zip(PROMPTS, RESPONSES, strict=True)
+        ]
+        assert encode_sequences(tokenizer, PROMPTS, RESPONSES, *limits) == expected
+    cut = encode_sequences(tokenizer, PROMPTS, RESPONSES, 8, 20)
+    assert max(len(ids) for ids, _ in cut) == 20 and all(ids[-1] == tokenizer.eos_token_id for ids, _ in cut)
+    assert encode_sequences(tokenizer, [], []) == []
+    with pytest.raises(ValueError, match="7 prompts but 6 responses"):
+        encode_sequences(tokenizer, PROMPTS, RESPONSES[:-1])
+
+
+def test_length_sorted_batches() -> None:
+    lengths = [3, 9, 3, 5, 9, 1, 5]
+    assert length_sorted_batches(lengths, 3) == [[1, 4, 3], [6, 0, 2], [5]]
+    assert length_sorted_batches([], 4) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        length_sorted_batches(lengths, 0)
+
+
+def test_collate_right_pads_mixed_lengths() -> None:
+    batch = collate([([5, 6, 7], [-100, 6, 7]), ([8], [8])], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert all(t.dtype == torch.long for t in batch.values())
+
+
+@pytest.mark.parametrize("limits", [(None, None), (8, 20)])
+def test_score_sequences_matches_one_sequence_at_a_time(tiny_models: dict[str, str], limits: tuple) -> None:
+    tokenizer = load_tokenizer(tiny_models["a"])
+    model = load_model(tiny_models["a"], dtype="float32", device="cpu")
+    expected, expected_lengths = [], []
+    for p, r in zip(PROMPTS, RESPONSES, strict=True):
+        prompt = encode_prompt(tokenizer, p, limits[0])
+        ids, labels = join_prompt_response(prompt, encode_response(tokenizer, r), limits[1])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        response = range(len(prompt), len(ids))
+        expected.append(sum(logprobs[t - 1, ids[t]].item() for t in response))
+        expected_lengths.append(len(response))
+    # Batches of 3 over 7 mixed lengths: length sorting puts other sequences together than input order.
+    for batch_size in (1, 3, 16):
+        cut = {"max_prompt_length": limits[0], "max_length": limits[1]}
+        logps, lengths = score_sequences(model, tokenizer, PROMPTS, RESPONSES, batch_size=batch_size, **cut)
+        assert logps.tolist() == pytest.approx(expected, abs=1e-5)
+        assert lengths.tolist() == expected_lengths
+    logps, lengths = score_sequences(model, tokenizer, [], [], batch_size=4)
+    assert logps.shape == lengths.shape == (0,)
+
+
+def _full_vocab_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The plain formula: log-softmax at every position, gather, sum over the response positions."""
+    targets, mask = labels[:, 1:], labels[:, 1:] != -100
+    token = torch.gather(F.log_softmax(logits[:, :-1].float(), dim=-1), 2, targets.clamp(min=0).unsqueeze(-1))
+    return (token.squeeze(-1) * mask).sum(-1)
+
+
+def test_sequence_logps_from_logits_equals_full_log_softmax_with_gradients() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 9, 13, generator=g)
+    labels = torch.randint(0, 13, (4, 9), generator=g)
+    labels[:, :3] = -100  # prompt
+    labels[1, 6:] = -100  # padding
+    labels[3, :] = -100  # no response token at all
+    mine = logits.clone().requires_grad_(True)
+    plain = logits.clone().requires_grad_(True)
+    logps, lengths = sequence_logps_from_logits(mine, labels)
+    expected = _full_vocab_logps(plain, labels)
+    torch.testing.assert_close(logps, expected, atol=1e-5, rtol=0)
+    assert lengths.tolist() == [6, 3, 6, 0] and logps[3] == 0
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    (logps * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(mine.grad, plain.grad, atol=1e-5, rtol=0)
+    assert mine.grad[:, :2].abs().sum() == 0  # prompt positions get no gradient
+    # Half-precision logits are normalised in float32.
+    half, _ = sequence_logps_from_logits(logits.bfloat16(), labels)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, _full_vocab_logps(logits.bfloat16(), labels), atol=1e-5, rtol=0)
+    # Non-finite logits outside the response (prompt, padding) no longer reach the sums.
+    poisoned = logits.clone()
+    poisoned[:, 0] = float("nan")
+    poisoned[1, 7] = float("-inf")
+    torch.testing.assert_close(sequence_logps_from_logits(poisoned, labels)[0], expected.detach(), atol=1e-5, rtol=0)
+
+
+def test_implicit_judge_tokenizes_each_response_once(
+    tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def counting(tokenizer, prompts, responses, *args):
+        calls.append(len(responses))
+        return encode_sequences(tokenizer, prompts, responses, *args)
+
+    monkeypatch.setattr(implicit, "encode_sequences", counting)
+    expected = make_judge(tiny_models).score(ROWS)
+    assert calls == [6]  # one encoding, scored by the policy and the reference
+    rows = [{**r, "id": f"{r['id']}-{i}"} for i, r in enumerate(ROWS * 3)]
+    judge = make_judge(tiny_models)
+    judge.shard_size = 4
+    calls.clear()
+    sharded = judge.score(rows, tmp_path)
+    assert calls == [8, 8, 2]  # once per shard
+    for row, exp in zip(sharded, expected * 3, strict=True):
+        assert row["scores"] == pytest.approx(exp["scores"], abs=1e-5)
+    calls.clear()
+    make_judge(tiny_models, reference="none").score(ROWS)
+    assert calls == [6]

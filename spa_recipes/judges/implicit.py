@@ -1,7 +1,7 @@
 """SPA's direct preference judgment: the DPO implicit reward of the current model.
 
 ``r(x, y) = beta * (log pi_policy(y|x) - log pi_ref(y|x))`` with log-probs summed over the response
-tokens, EOS included (:func:`spa_recipes.sequences.score_sequences`). With ``length_normalize`` each
+tokens, EOS included (:func:`spa_recipes.sequences.score_encoded`). With ``length_normalize`` each
 log-prob is divided by the response length in tokens first. The reference is chosen by
 ``cfg.reference``: the SFT model (paper), the model before the policy, or none (``r = beta * log pi_policy``).
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import math
 import weakref
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from spa_recipes.builtins import ImplicitJudgeConfig
 from spa_recipes.distributed import default_device
 from spa_recipes.generation.shards import Row, run_sharded
 from spa_recipes.modeling import load_model, load_tokenizer
-from spa_recipes.sequences import score_sequences
+from spa_recipes.sequences import encode_sequences, score_encoded
 
 DEFAULT_SHARD_SIZE = 256
 
@@ -33,7 +34,8 @@ class ImplicitRewardJudge:
 
     The models are loaded one at a time (all responses are scored with the policy, it is freed, then
     the reference), so only one model is ever in memory. Both are fed the policy's tokenization: a
-    base-model reference may have no chat template of its own.
+    base-model reference may have no chat template of its own. Each response is tokenized once and
+    kept (compactly) until the reference has scored it too.
 
     Args:
         cfg: the judge's config.
@@ -84,11 +86,13 @@ class ImplicitRewardJudge:
             ``"policy_logps"`` (summed, never length-normalised: the trainer can reuse them as cached
             reference log-probs, since the policy judged here is the next DPO reference).
         """
-        policy = self._logps(self.policy_path, rows, out_dir and Path(out_dir) / "policy")
+        sequences = _EncodedShards(self.policy_path, self.max_prompt_length, self.max_length)
+        last = self.reference_path is None
+        policy = self._logps(self.policy_path, rows, out_dir and Path(out_dir) / "policy", sequences, last)
         if self.reference_path is None:
             reference = [{"logps": [0.0] * len(r["logps"]), "lengths": r["lengths"]} for r in policy]
         else:
-            reference = self._logps(self.reference_path, rows, out_dir and Path(out_dir) / "reference")
+            reference = self._logps(self.reference_path, rows, out_dir and Path(out_dir) / "reference", sequences, True)
         out = []
         for row, pol, ref in zip(rows, policy, reference, strict=True):
             if pol.get("id", row["id"]) != row["id"] or ref.get("id", row["id"]) != row["id"]:
@@ -105,23 +109,24 @@ class ImplicitRewardJudge:
     def _norm(self, logp: float, length: int) -> float:
         return logp / max(length, 1) if self.cfg.length_normalize else logp
 
-    def _logps(self, model_path: str, rows: list[Row], out_dir: Path | None) -> list[Row]:
-        """``{"id", "logps": [K], "lengths": [K]}`` per row under one model (loaded only if needed)."""
+    def _logps(
+        self, model_path: str, rows: list[Row], out_dir: Path | None, sequences: _EncodedShards, last: bool
+    ) -> list[Row]:
+        """``{"id", "logps": [K], "lengths": [K]}`` per row under one model (loaded only if needed).
+
+        ``last``: no model scores these sequences after this one, so each shard's encoding is dropped once used.
+        """
         loaded: dict[str, Any] = {}
 
-        def shard(_: int, chunk: list[Row]) -> list[Row]:
+        def shard(index: int, chunk: list[Row]) -> list[Row]:
             if not loaded:
-                loaded["tokenizer"] = load_tokenizer(self.policy_path)
                 loaded["model"] = load_model(model_path, dtype=self.dtype, device=self.device)
             k = [len(r["responses"]) for r in chunk]
-            logps, lengths = score_sequences(
+            logps, lengths = score_encoded(
                 loaded["model"],
-                loaded["tokenizer"],
-                [r["prompt"] for r, n in zip(chunk, k, strict=True) for _ in range(n)],
-                [resp for r in chunk for resp in r["responses"]],
+                sequences.get(index, chunk, drop=last),
                 batch_size=self.cfg.batch_size,
-                max_prompt_length=self.max_prompt_length,
-                max_length=self.max_length,
+                pad_token_id=sequences.pad_token_id,
                 device=self.device,
             )
             out, start = [], 0
@@ -151,3 +156,54 @@ class ImplicitRewardJudge:
                 gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+
+class _EncodedShards:
+    """The tokenized sequences of each shard, encoded on first use and kept for the next model.
+
+    Token ids are kept as 4-byte arrays, not lists of Python ints (~36 bytes a token), so holding a
+    whole stage's sequences between the policy and the reference pass stays small.
+
+    Args:
+        tokenizer_path: the tokenizer to encode with (loaded on first use).
+        max_prompt_length: prompts longer than this are cut at the start.
+        max_length: prompt + response longer than this are cut at the end, EOS kept.
+    """
+
+    def __init__(self, tokenizer_path: str, max_prompt_length: int | None, max_length: int | None) -> None:
+        self.tokenizer_path = tokenizer_path
+        self.max_prompt_length = max_prompt_length
+        self.max_length = max_length
+        self._tokenizer: Any = None
+        self._shards: dict[int, list[tuple[array, int]]] = {}
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_path)
+        return self._tokenizer
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    def get(self, index: int, chunk: list[Row], drop: bool) -> list[tuple[list[int], list[int]]]:
+        """``(input_ids, labels)`` of every response of shard ``index`` (rows ``chunk``), row by row.
+
+        ``drop``: forget the shard afterwards (its last use).
+        """
+        packed = self._shards.pop(index, None) if drop else self._shards.get(index)
+        if packed is None:
+            encoded = encode_sequences(
+                self.tokenizer,
+                [r["prompt"] for r in chunk for _ in r["responses"]],
+                [resp for r in chunk for resp in r["responses"]],
+                self.max_prompt_length,
+                self.max_length,
+            )
+            if not drop:
+                # Labels are the ids with the prompt masked (join_prompt_response): its length suffices.
+                self._shards[index] = [(array("i", ids), labels.count(-100)) for ids, labels in encoded]
+            return encoded
+        return [(ids.tolist(), [-100] * n + ids[n:].tolist()) for ids, n in packed]
