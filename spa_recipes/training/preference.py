@@ -1,7 +1,8 @@
 """DPO with SPA's self-refinement (SR) and decoupled noise detection (DND), on Accelerate.
 
-One micro-batch of B pairs is one forward pass of the policy over 2B rows (chosen rows, then rejected
-rows), right-padded to the longest row of the batch. The DPO reference is frozen. Its log-probs are
+One micro-batch of B pairs is 2B rows (chosen and rejected), sorted by length and run through the policy
+in ``FORWARD_PASSES`` forward passes, each right-padded to its own longest row: a chosen response much
+shorter than its rejected one is not padded to the other's length. The DPO reference is frozen. Its log-probs are
 computed once before training (or taken from ``ref_logps``, e.g. the judge stage's) and the reference
 model is freed, except when DND needs its per-token logits (``confidence == "extrapolated"`` and
 ``lam != 0``): then the reference runs alongside the policy at every step, and its logits and the
@@ -30,6 +31,8 @@ from spa_recipes.sequences import (
     encode_prompt,
     encode_response,
     join_prompt_response,
+    length_sorted_batches,
+    score_encoded,
     sequence_logps_from_logits,
     shift_for_logps,
 )
@@ -37,6 +40,8 @@ from spa_recipes.training.loop import MicroBatch, make_accelerator, parallelism,
 
 REF_LOGPS_CACHE = "ref_logps.json"
 Encoded = tuple[list[int], list[int]]
+# Forward passes per micro-batch (its rows sorted by length): less padding than one pass, big enough matmuls.
+FORWARD_PASSES = 2
 
 
 def encode_pairs(
@@ -73,18 +78,15 @@ def reference_logps(
     batch_size: int,
     accelerator: Any,
 ) -> dict[int, tuple[float, float]]:
-    """Summed response log-probs of chosen and rejected under ``model`` for the pairs at ``indices``."""
-    out: dict[int, tuple[float, float]] = {}
-    for start in range(0, len(indices), batch_size):
-        part = indices[start : start + batch_size]
-        batch = collate([chosen[i] for i in part] + [rejected[i] for i in part], pad_id)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logps, _ = sequence_logps_from_logits(logits, batch["labels"])
-        for j, i in enumerate(part):
-            out[i] = (float(logps[j]), float(logps[len(part) + j]))
-    return out
+    """Summed response log-probs of chosen and rejected under ``model`` for the pairs at ``indices``.
+
+    The rows go through in length-sorted batches of ``2 * batch_size`` (:func:`score_encoded`).
+    """
+    rows = [chosen[i] for i in indices] + [rejected[i] for i in indices]
+    with accelerator.autocast():
+        logps, _ = score_encoded(model, rows, batch_size=2 * batch_size, pad_token_id=pad_id, device=accelerator.device)
+    n = len(indices)
+    return {i: (float(logps[j]), float(logps[n + j])) for j, i in enumerate(indices)}
 
 
 def _precomputed_reference(
@@ -227,21 +229,35 @@ def train_preference(
         )
     ids = [str(row["id"]) for row in pairs]
 
+    def forward(model: Any, rows: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Policy log-probs of ``rows`` in their order; with DND also the reference's and ``log p_ext``'s."""
+        parts: list[list[torch.Tensor]] = [[], [], []]
+        order: list[int] = []
+        for group in length_sorted_batches([len(ids) for ids, _ in rows], math.ceil(len(rows) / FORWARD_PASSES)):
+            batch = {k: v.to(accelerator.device) for k, v in collate([rows[i] for i in group], pad_id).items()}
+            with accelerator.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            parts[0].append(sequence_logps_from_logits(logits, batch["labels"])[0])
+            if extrapolate:
+                with torch.no_grad(), accelerator.autocast():
+                    ref_logits = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                parts[1].append(sequence_logps_from_logits(ref_logits, batch["labels"])[0])
+                shifted, targets, mask = shift_for_logps(logits.detach(), batch["labels"])
+                parts[2].append(extrapolated_sequence_logps(shifted, ref_logits[:, :-1], targets, mask, lam))
+                del ref_logits
+            del logits
+            order += group
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        back = back.to(accelerator.device)
+        logps, ref_seq, conf_logps = (torch.cat(p)[back] if p else None for p in parts)
+        return logps, ref_seq, conf_logps
+
     def compute(model: Any, indices: list[int], step: int, total_steps: int) -> MicroBatch:
         n = len(indices)
-        batch = collate([chosen[i] for i in indices] + [rejected[i] for i in indices], pad_id)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logps, _ = sequence_logps_from_logits(logits, batch["labels"])
-        if extrapolate:
-            with torch.no_grad(), accelerator.autocast():
-                ref_logits = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            ref_seq, _ = sequence_logps_from_logits(ref_logits, batch["labels"])
-            shifted, targets, mask = shift_for_logps(logits.detach(), batch["labels"])
-            conf_logps = extrapolated_sequence_logps(shifted, ref_logits[:, :-1], targets, mask, lam)
-            del ref_logits
-        else:
+        rows = [chosen[i] for i in indices] + [rejected[i] for i in indices]
+        logps, ref_seq, conf_logps = forward(model, rows)
+        if not extrapolate:
             table = ref_table[indices].to(accelerator.device)
             ref_seq = torch.cat([table[:, 0], table[:, 1]])
             conf_logps = logps.detach()
@@ -267,7 +283,7 @@ def train_preference(
                 "threshold": float(noise_detector.threshold),
                 "mean_smoothing": float(smoothing.mean()),
             },
-            sums={"tokens": float(batch["attention_mask"].sum()), "pairs": float(n)},
+            sums={"tokens": float(sum(len(ids) for ids, _ in rows)), "pairs": float(n)},
             lists={"flagged_ids": [ids[i] for i, f in zip(indices, flags.tolist(), strict=True) if f]},
         )
 
