@@ -7,8 +7,8 @@ from pathlib import Path
 
 from spa_recipes.errors import UserError
 
-# The project's recipes/ folder, beside the package (a source checkout or an editable install).
-SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+# The project's recipes/: in a checkout spa_recipes/recipes links to it, and a wheel carries a copy there.
+SHIPPED_RECIPES = (Path(__file__).parent / "recipes").resolve()
 
 
 def shipped_recipes() -> list[Path]:
