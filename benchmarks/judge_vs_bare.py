@@ -5,7 +5,8 @@ timed end to end: tokenization, loading both models (one at a time), the forward
 gather, and building the output rows. The bare loop gets everything but the forward passes for free: both
 models already loaded, the sequences already tokenized and collated into the very batches the judge
 builds, and it runs only ``policy(...)`` and ``reference(...)`` under ``no_grad``, called as the judge
-calls them (``use_cache=False``). Runs alternate (judge, bare, judge, ...); the best of each counts. The
+calls them (``use_cache=False``, and logits only from each batch's first response position,
+``logits_to_keep``). Runs alternate (judge, bare, judge, ...); the best of each counts. The
 figure is scored tokens (prompt + response, no padding) per second.
 
 The judge forms its batches from length-sorted sequences (``length_sorted_batches``), so the bare loop
@@ -44,6 +45,7 @@ from spa_recipes.sequences import (  # noqa: E402
     encode_response,
     join_prompt_response,
     length_sorted_batches,
+    response_logits_to_keep,
 )
 
 
@@ -126,7 +128,9 @@ def main() -> None:
             start = time.perf_counter()
             for model in models:  # the judge also runs all batches through the policy, then the reference
                 for b in batches:
-                    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+                    keep = response_logits_to_keep(b["labels"])  # the judge's call: no logits for shared prompt
+                    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False,
+                          logits_to_keep=keep)
             return time.perf_counter() - start
 
         def judged() -> float:

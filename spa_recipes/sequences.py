@@ -9,6 +9,7 @@ at the end so that prompt + response fit ``max_length`` (EOS is kept as the last
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -170,6 +171,18 @@ def sequence_logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tu
     return placed.masked_scatter(mask, token_logps).sum(-1), mask.sum(-1)
 
 
+def response_logits_to_keep(labels: torch.Tensor) -> int:
+    """How many trailing positions' logits a batch needs: from the one before its earliest response token.
+
+    The LM head then skips the prompt positions every row shares (with a large vocabulary the logits of a
+    long prompt are the biggest tensor of the pass). Passed as a model's ``logits_to_keep``; always >= 1.
+    """
+    has_response = labels != -100
+    width = labels.shape[1]
+    first = int(torch.where(has_response.any(1), has_response.float().argmax(1), width).min())  # rows without: none
+    return width - max(first - 1, 0)
+
+
 @torch.no_grad()
 def score_encoded(
     model: Any,
@@ -182,7 +195,9 @@ def score_encoded(
     """Summed response log-probs and response lengths of already encoded sequences under ``model``.
 
     Batches are formed from length-sorted sequences (:func:`length_sorted_batches`), so little of each
-    forward pass is spent on padding; the results come back in input order.
+    forward pass is spent on padding; the results come back in input order. A model that takes
+    ``logits_to_keep`` (transformers' causal LMs do) computes logits only from the batch's first response
+    position on (:func:`response_logits_to_keep`).
 
     Args:
         model: a causal LM.
@@ -197,11 +212,15 @@ def score_encoded(
     device = device or next(model.parameters()).device
     logps = torch.zeros(len(encoded))
     lengths = torch.zeros(len(encoded), dtype=torch.long)
+    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
     for indices in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_token_id).items()}
         # No KV cache: nothing is generated after this pass, and building one costs ~3% of it.
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        lp, n = sequence_logps_from_logits(logits, batch["labels"])
+        extra: dict[str, Any] = {"use_cache": False}
+        if trims:
+            extra["logits_to_keep"] = response_logits_to_keep(batch["labels"])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
+        lp, n = sequence_logps_from_logits(logits, batch["labels"][:, batch["labels"].shape[1] - logits.shape[1] :])
         del logits  # not alive next to the next batch's logits (with a large vocabulary, the biggest tensor)
         where = torch.tensor(indices)
         logps[where] = lp.cpu()

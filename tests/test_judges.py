@@ -21,6 +21,7 @@ from spa_recipes.sequences import (
     encode_sequences,
     join_prompt_response,
     length_sorted_batches,
+    response_logits_to_keep,
     score_sequences,
     sequence_logps_from_logits,
 )
@@ -228,6 +229,29 @@ def test_score_sequences_matches_one_sequence_at_a_time(tiny_models: dict[str, s
         assert lengths.tolist() == expected_lengths
     logps, lengths = score_sequences(model, tokenizer, [], [], batch_size=4)
     assert logps.shape == lengths.shape == (0,)
+
+
+def test_score_sequences_skips_the_lm_head_on_shared_prompt_positions(tiny_models: dict[str, str]) -> None:
+    tokenizer = load_tokenizer(tiny_models["a"])
+    model = load_model(tiny_models["a"], dtype="float32", device="cpu")
+    seen: list[int] = []
+    hook = model.lm_head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[1]))
+    try:
+        score_sequences(model, tokenizer, PROMPTS, RESPONSES, batch_size=len(PROMPTS))
+    finally:
+        hook.remove()
+    prompts = [len(encode_prompt(tokenizer, p)) for p in PROMPTS]
+    width = max(n + len(encode_response(tokenizer, r)) for n, r in zip(prompts, RESPONSES, strict=True))
+    # One batch: logits from the position before the shortest prompt's first response token, not all positions.
+    assert seen == [width - (min(prompts) - 1)]
+    assert seen[0] < width
+    # The values are the test above's. Rows with no response token need no logits; one position is always kept.
+    labels = torch.full((2, 5), -100)
+    assert response_logits_to_keep(labels) == 1
+    labels[1, 3:] = 7
+    assert response_logits_to_keep(labels) == 3
+    labels[0, 1:] = 7
+    assert response_logits_to_keep(labels) == 5
 
 
 def _full_vocab_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
