@@ -171,6 +171,11 @@ def sequence_logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tu
     return placed.masked_scatter(mask, token_logps).sum(-1), mask.sum(-1)
 
 
+def takes_logits_to_keep(model: Any) -> bool:
+    """Whether ``model``'s forward accepts ``logits_to_keep`` (transformers' causal LMs do)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def response_logits_to_keep(labels: torch.Tensor) -> int:
     """How many trailing positions' logits a batch needs: from the one before its earliest response token.
 
@@ -212,7 +217,7 @@ def score_encoded(
     device = device or next(model.parameters()).device
     logps = torch.zeros(len(encoded))
     lengths = torch.zeros(len(encoded), dtype=torch.long)
-    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
+    trims = takes_logits_to_keep(model)
     for indices in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_token_id).items()}
         # No KV cache: nothing is generated after this pass, and building one costs ~3% of it.

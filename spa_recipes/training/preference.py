@@ -32,9 +32,11 @@ from spa_recipes.sequences import (
     encode_response,
     join_prompt_response,
     length_sorted_batches,
+    response_logits_to_keep,
     score_encoded,
     sequence_logps_from_logits,
     shift_for_logps,
+    takes_logits_to_keep,
 )
 from spa_recipes.training.loop import MicroBatch, make_accelerator, parallelism, read_metrics, run_training_loop
 
@@ -229,20 +231,29 @@ def train_preference(
         )
     ids = [str(row["id"]) for row in pairs]
 
+    trims = takes_logits_to_keep(policy) and (ref_model is None or takes_logits_to_keep(ref_model))
+
     def forward(model: Any, rows: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Policy log-probs of ``rows`` in their order; with DND also the reference's and ``log p_ext``'s."""
         parts: list[list[torch.Tensor]] = [[], [], []]
         order: list[int] = []
         for group in length_sorted_batches([len(ids) for ids, _ in rows], math.ceil(len(rows) / FORWARD_PASSES)):
             batch = {k: v.to(accelerator.device) for k, v in collate([rows[i] for i in group], pad_id).items()}
+            # Logits (and their gradient) only from the pass's first response position on: the LM head
+            # skips the prompt positions all its rows share.
+            keep = response_logits_to_keep(batch["labels"]) if trims else 0
+            extra = {"logits_to_keep": keep} if trims else {}
+            labels = batch["labels"][:, batch["labels"].shape[1] - keep :] if trims else batch["labels"]
             with accelerator.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            parts[0].append(sequence_logps_from_logits(logits, batch["labels"])[0])
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
+            parts[0].append(sequence_logps_from_logits(logits, labels)[0])
             if extrapolate:
                 with torch.no_grad(), accelerator.autocast():
-                    ref_logits = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                parts[1].append(sequence_logps_from_logits(ref_logits, batch["labels"])[0])
-                shifted, targets, mask = shift_for_logps(logits.detach(), batch["labels"])
+                    ref_logits = ref_model(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra
+                    ).logits
+                parts[1].append(sequence_logps_from_logits(ref_logits, labels)[0])
+                shifted, targets, mask = shift_for_logps(logits.detach(), labels)
                 parts[2].append(extrapolated_sequence_logps(shifted, ref_logits[:, :-1], targets, mask, lam))
                 del ref_logits
             del logits

@@ -15,7 +15,15 @@ from spa_recipes.atomic import atomic_dir
 from spa_recipes.errors import DataError
 from spa_recipes.modeling import load_model, save_model
 from spa_recipes.schema import TrainingSection
-from spa_recipes.sequences import collate, encode_prompt, encode_response, join_prompt_response, shift_for_logps
+from spa_recipes.sequences import (
+    collate,
+    encode_prompt,
+    encode_response,
+    join_prompt_response,
+    response_logits_to_keep,
+    shift_for_logps,
+    takes_logits_to_keep,
+)
 from spa_recipes.training.loop import MicroBatch, make_accelerator, parallelism, run_training_loop
 
 
@@ -70,13 +78,18 @@ def train_sft(
         prompt = encode_prompt(tokenizer, row["prompt"], training.max_prompt_length)
         encoded.append(join_prompt_response(prompt, encode_response(tokenizer, row["response"]), training.max_length))
 
+    trims = takes_logits_to_keep(model)
+
     def compute(model: Any, indices: list[int], step: int, total_steps: int) -> MicroBatch:
         batch = {k: v.to(accelerator.device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
+        # Logits only from the batch's first response position on, and the loss only on response tokens.
+        keep = response_logits_to_keep(batch["labels"]) if trims else 0
+        extra = {"logits_to_keep": keep} if trims else {}
         with accelerator.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shifted, targets, mask = shift_for_logps(logits, batch["labels"])
-        token_nll = F.cross_entropy(shifted.float().transpose(1, 2), targets, reduction="none")
-        loss = (token_nll * mask).sum() / mask.sum().clamp(min=1)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
+        labels = batch["labels"][:, batch["labels"].shape[1] - logits.shape[1] :]
+        shifted, targets, mask = shift_for_logps(logits, labels)
+        loss = F.cross_entropy(shifted[mask].float(), targets[mask], reduction="sum") / mask.sum().clamp(min=1)
         return MicroBatch(
             loss=loss,
             means={"loss": float(loss.detach())},
