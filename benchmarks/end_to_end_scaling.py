@@ -33,8 +33,17 @@ PER_PROMPT = ("iter1_generate", "iter1_judge", "iter1_pairs", "iter1_train")
 
 def run(out: Path, name: str, overrides: list[str]) -> tuple[float, float, dict[str, float]]:
     """Run the recipe; ``(wall seconds, peak RSS in MiB, {stage: seconds})``."""
-    cmd = [sys.executable, "-m", "spa_recipes", "run", RECIPE, f"run.name={name}", f"run.output_dir={out}",
-           *overrides, "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spa_recipes",
+        "run",
+        RECIPE,
+        f"run.name={name}",
+        f"run.output_dir={out}",
+        *overrides,
+        "--no-progress",
+    ]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -63,8 +72,13 @@ def main() -> None:
                 print(f"| {stage} | {seconds:.1f} |")
             print(f"| (sum of stages) | {sum(stages.values()):.1f} |\n")
         # tiny_spa.yaml: seed_size 50, eval_holdout 200; one iteration needs one lambda.
-        scaling = ["iterations=1", "noise_detector.lambda=[0.5]", "data.sft_demonstrations=2000",
-                   "training.sft.epochs=1", f"data.num_prompts={250 + args.base_prompts * max(args.factors)}"]
+        scaling = [
+            "iterations=1",
+            "noise_detector.lambda=[0.5]",
+            "data.sft_demonstrations=2000",
+            "training.sft.epochs=1",
+            f"data.num_prompts={250 + args.base_prompts * max(args.factors)}",
+        ]
         print(f"overrides: {' '.join(scaling)}")
         print(f"Scaling, iterations=1 ({', '.join(PER_PROMPT)} summed):")
         print("| prompts/iteration | wall s | per-prompt stages s | s per 100 prompts | peak RSS MiB |")
@@ -74,12 +88,17 @@ def main() -> None:
             wall, rss, stages = run(out, f"scale{n}", [*scaling, f"split.prompts_per_iteration={n}"])
             per_prompt = sum(stages.get(s, 0.0) for s in PER_PROMPT)
             detail = ", ".join(f"{s.removeprefix('iter1_')} {stages.get(s, 0.0):.1f}" for s in PER_PROMPT)
-            print(f"| {n} ({factor}x) | {wall:.1f} | {per_prompt:.1f} ({detail}) | {100 * per_prompt / n:.2f} "
-                  f"| {rss:.0f} |", flush=True)
+            print(
+                f"| {n} ({factor}x) | {wall:.1f} | {per_prompt:.1f} ({detail}) | {100 * per_prompt / n:.2f} "
+                f"| {rss:.0f} |",
+                flush=True,
+            )
     skip = " --skip-full" if args.skip_full else ""
     factors = " ".join(map(str, args.factors))
-    print(f"reproduce: .venv/bin/python benchmarks/end_to_end_scaling.py --base-prompts {args.base_prompts} "
-          f"--factors {factors}{skip}")
+    print(
+        f"reproduce: .venv/bin/python benchmarks/end_to_end_scaling.py --base-prompts {args.base_prompts} "
+        f"--factors {factors}{skip}"
+    )
 
 
 if __name__ == "__main__":

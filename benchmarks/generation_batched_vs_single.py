@@ -41,8 +41,12 @@ def main() -> None:
     model = build_tiny_llama(
         TinyLlamaConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=344), tokenizer=tokenizer
     )
-    shared = {"samples_per_prompt": args.samples, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
-              "shard_size": args.prompts}
+    shared = {
+        "samples_per_prompt": args.samples,
+        "temperature": 1.0,
+        "max_new_tokens": args.max_new_tokens,
+        "shard_size": args.prompts,
+    }
     times: dict[str, list[tuple[int, float]]] = {"batched": [], "single": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -51,8 +55,14 @@ def main() -> None:
             for name, batch_size in (("batched", args.batch_size), ("single", 1)):
                 generator = HFGenerator(HFGenerationConfig(**shared, batch_size=batch_size))
                 start = time.perf_counter()
-                rows = generator.generate(prompts, model_path=str(root / "model"), out_dir=root / f"{name}{r}",
-                                          seed=0, dtype="float32", max_prompt_length=16)
+                rows = generator.generate(
+                    prompts,
+                    model_path=str(root / "model"),
+                    out_dir=root / f"{name}{r}",
+                    seed=0,
+                    dtype="float32",
+                    max_prompt_length=16,
+                )
                 seconds = time.perf_counter() - start
                 tokens = sum(n + f for row in rows for n, f in zip(row["num_tokens"], row["finished"], strict=True))
                 times[name].append((tokens, seconds))

@@ -39,10 +39,15 @@ def main() -> None:
     prompts = [{"id": r["id"], "prompt": r["prompt"]} for r in world.rows()[: args.prompts]]
     tokenizer = world.tokenizer()
     torch.manual_seed(0)
-    model = build_tiny_llama(TinyLlamaConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=344),
-                             tokenizer=tokenizer)
-    shared = {"samples_per_prompt": args.samples, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
-              "shard_size": args.prompts}
+    model = build_tiny_llama(
+        TinyLlamaConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=344), tokenizer=tokenizer
+    )
+    shared = {
+        "samples_per_prompt": args.samples,
+        "temperature": 1.0,
+        "max_new_tokens": args.max_new_tokens,
+        "shard_size": args.prompts,
+    }
     startup: list[float] = []
     build_engine = VLLMGenerator._engine
 
@@ -62,13 +67,22 @@ def main() -> None:
             ("vllm", VLLMGenerator(VLLMGenerationConfig(**shared, kv_cache_memory_bytes=1 << 30, enforce_eager=True))),
         ]:
             started = time.perf_counter()
-            rows = generator.generate(prompts, model_path=str(root / "model"), out_dir=root / name, seed=0,
-                                      dtype="float32", max_prompt_length=16)
+            rows = generator.generate(
+                prompts,
+                model_path=str(root / "model"),
+                out_dir=root / name,
+                seed=0,
+                dtype="float32",
+                max_prompt_length=16,
+            )
             seconds = time.perf_counter() - started
             tokens = sum(n + f for r in rows for n, f in zip(r["num_tokens"], r["finished"], strict=True))
             results[name] = (tokens, seconds)
-            print(f"{name:>5}: {len(rows)} prompts x {args.samples}, {tokens} tokens in {seconds:.1f}s "
-                  f"= {tokens / seconds:.0f} tokens/s", flush=True)
+            print(
+                f"{name:>5}: {len(rows)} prompts x {args.samples}, {tokens} tokens in {seconds:.1f}s "
+                f"= {tokens / seconds:.0f} tokens/s",
+                flush=True,
+            )
     (hf_tokens, hf_s), (vllm_tokens, vllm_s) = results["hf"], results["vllm"]
     hf_rate = hf_tokens / hf_s
     print(f"vllm engine start: {startup[0]:.1f}s")

@@ -129,8 +129,12 @@ def main() -> None:
             for model in models:  # the judge also runs all batches through the policy, then the reference
                 for b in batches:
                     keep = response_logits_to_keep(b["labels"])  # the judge's call: no logits for shared prompt
-                    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False,
-                          logits_to_keep=keep)
+                    model(
+                        input_ids=b["input_ids"],
+                        attention_mask=b["attention_mask"],
+                        use_cache=False,
+                        logits_to_keep=keep,
+                    )
             return time.perf_counter() - start
 
         def judged() -> float:

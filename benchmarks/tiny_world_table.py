@@ -38,8 +38,17 @@ def run(recipe: str, seed: int, out: Path, start_from: Path | None = None) -> tu
     if start_from is not None and not (out / name).exists():
         shutil.copytree(start_from, out / name)
     started = time.time()
-    cmd = [sys.executable, "-m", "spa_recipes", "run", recipe, f"run.seed={seed}", f"run.name={name}",
-           f"run.output_dir={out}", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spa_recipes",
+        "run",
+        recipe,
+        f"run.seed={seed}",
+        f"run.name={name}",
+        f"run.output_dir={out}",
+        "--no-progress",
+    ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")

@@ -27,12 +27,14 @@ FORMULA = "np.tanh(std_delta_len) + not_gamed_baseline.astype(float) - 1"
 def alpacaeval_lc(outcomes: np.ndarray, len_model: np.ndarray, len_baseline: np.ndarray, n_splits: int) -> float:
     """AlpacaEval's GLM on our outcomes (1 model wins, 0.5 tie, 0 baseline wins); output_1 is the baseline."""
     delta = len_baseline - len_model  # AlpacaEval: len(output_1) - len(output_2)
-    df = pd.DataFrame({
-        "preference": outcomes,  # AlpacaEval's preference after its "- 1": P(output_2, the model, wins)
-        "std_delta_len": delta / pd.Series(delta).std(),
-        "not_gamed_baseline": True,
-        "index": np.arange(len(outcomes)),
-    })
+    df = pd.DataFrame(
+        {
+            "preference": outcomes,  # AlpacaEval's preference after its "- 1": P(output_2, the model, wins)
+            "std_delta_len": delta / pd.Series(delta).std(),
+            "not_gamed_baseline": True,
+            "index": np.arange(len(outcomes)),
+        }
+    )
     test = df[["not_gamed_baseline"]].copy()
     test["std_delta_len"] = 0.0
     train, x_test = make_dmatrix_for_model(df, test, formula=FORMULA)
@@ -61,9 +63,11 @@ def main() -> None:
         ours_unpenalised = length_controlled_win_rate(y, lm, lb, l2=1e-9)
         theirs_cv = alpacaeval_lc(y, lm, lb, n_splits=5)
         theirs_c100 = alpacaeval_lc(y, lm, lb, n_splits=0)
-        print(f"n={n} length_effect={length_effect} skill={skill}: win rate {100 * y.mean():.2f} | ours (l2=0.1) "
-              f"{ours:.3f}, ours (l2~0) {ours_unpenalised:.3f} | alpaca_eval L1 C=100 {theirs_c100:.3f}, "
-              f"alpaca_eval L1 5-fold CV {theirs_cv:.3f}")
+        print(
+            f"n={n} length_effect={length_effect} skill={skill}: win rate {100 * y.mean():.2f} | ours (l2=0.1) "
+            f"{ours:.3f}, ours (l2~0) {ours_unpenalised:.3f} | alpaca_eval L1 C=100 {theirs_c100:.3f}, "
+            f"alpaca_eval L1 5-fold CV {theirs_cv:.3f}"
+        )
 
 
 if __name__ == "__main__":

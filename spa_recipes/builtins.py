@@ -406,63 +406,207 @@ class WandbLoggerConfig(ComponentConfig):
 def register_builtins(registry: Registry) -> None:
     """Declare every built-in component."""
     r = registry.register
-    r("model", "tiny_llama", config=TinyLlamaConfig, builder="spa_recipes.toyworld.model:build_tiny_llama",
-      help="small Llama from a config, random init")
-    r("dataset", "toy_world", config=ToyWorldConfig, builder="spa_recipes.toyworld.world:ToyWorld",
-      help="embedded synthetic world with a gold preference")
-    r("dataset", "preference_file", config=PreferenceFileConfig, builder="spa_recipes.data.preferences:PreferenceFile",
-      help="preference pairs from a local JSON/JSONL/Parquet file")
-    r("dataset", "hub_preferences", config=HubPreferencesConfig, builder="spa_recipes.data.preferences:HubPreferences",
-      help="preference pairs from datasets.load_dataset (hub id, split, revision)")
-    r("dataset", "rule_prompts", config=RulePromptsConfig, builder="spa_recipes.rules.world:RulePrompts",
-      help="templated questions with a formatting rule checked in code (gold)")
-    r("generator", "hf", config=HFGenerationConfig, builder="spa_recipes.generation.hf:HFGenerator",
-      help="transformers generate(), batched across prompts")
-    r("generator", "vllm", config=VLLMGenerationConfig, builder="spa_recipes.generation.vllm:VLLMGenerator",
-      help="vLLM engine (optional extra: pip install spa-recipes[vllm])")
-    r("judge", "implicit", config=ImplicitJudgeConfig, builder="spa_recipes.judges.implicit:ImplicitRewardJudge",
-      help="SPA: DPO implicit reward against a reference model")
-    r("judge", "gold", config=GoldJudgeConfig, builder="spa_recipes.toyworld.gold:GoldJudge",
-      help="toy world's gold preference (an oracle, for controls)")
-    r("judge", "pairrm", config=PairRMJudgeConfig, builder="spa_recipes.judges.pairrm:PairRMJudge",
-      help="PairRM pairwise ranker (DeBERTa-v3), both orders averaged")
-    r("judge", "reward_model", config=RewardModelJudgeConfig,
-      builder="spa_recipes.judges.reward_model:RewardModelJudge",
-      help="Bradley-Terry reward model (sequence classifier), given or trained on the seed pairs")
-    r("judge", "llm_judge", config=LLMJudgeConfig, builder="spa_recipes.judges.llm_judge:LLMJudge",
-      help="a language model asked 'A or B?' (hf, vllm or an OpenAI-compatible endpoint)")
-    r("judge", "rule_gold", config=RuleGoldConfig, builder="spa_recipes.rules.world:RuleGoldJudge",
-      help="rule prompts' gold: rule followed, then correctness (an oracle, for controls)")
-    r("pair_selector", "min_max", config=PairSelectorConfig, builder="spa_recipes.pairs:MinMaxSelector",
-      help="chosen = highest score, rejected = lowest")
-    r("pair_selector", "max_random", config=PairSelectorConfig, builder="spa_recipes.pairs:MaxRandomSelector",
-      help="chosen = highest score, rejected = a random other response")
-    r("noise_detector", "none", config=NoneDetectorConfig, builder="spa_recipes.noise:NoNoiseDetector",
-      help="flags nothing")
-    r("noise_detector", "rolling_quantile", config=RollingQuantileConfig,
-      builder="spa_recipes.noise:RollingQuantileDetector", help="released code: window of the last 50 margins")
-    r("noise_detector", "batch_quantile", config=BatchQuantileConfig,
-      builder="spa_recipes.noise:BatchQuantileDetector", help="paper: bottom K% of each global batch")
-    r("refiner", "none", config=NoRefinerConfig, builder="spa_recipes.refiners:NoRefiner",
-      help="flagged pairs keep their labels")
-    r("refiner", "label_smoothing", config=LabelSmoothingConfig, builder="spa_recipes.refiners:LabelSmoothingRefiner",
-      help="SPA self-refinement: smooth flagged labels by alpha")
-    r("refiner", "drop", config=DropRefinerConfig, builder="spa_recipes.refiners:DropRefiner",
-      help="flagged pairs get zero weight")
+    r(
+        "model",
+        "tiny_llama",
+        config=TinyLlamaConfig,
+        builder="spa_recipes.toyworld.model:build_tiny_llama",
+        help="small Llama from a config, random init",
+    )
+    r(
+        "dataset",
+        "toy_world",
+        config=ToyWorldConfig,
+        builder="spa_recipes.toyworld.world:ToyWorld",
+        help="embedded synthetic world with a gold preference",
+    )
+    r(
+        "dataset",
+        "preference_file",
+        config=PreferenceFileConfig,
+        builder="spa_recipes.data.preferences:PreferenceFile",
+        help="preference pairs from a local JSON/JSONL/Parquet file",
+    )
+    r(
+        "dataset",
+        "hub_preferences",
+        config=HubPreferencesConfig,
+        builder="spa_recipes.data.preferences:HubPreferences",
+        help="preference pairs from datasets.load_dataset (hub id, split, revision)",
+    )
+    r(
+        "dataset",
+        "rule_prompts",
+        config=RulePromptsConfig,
+        builder="spa_recipes.rules.world:RulePrompts",
+        help="templated questions with a formatting rule checked in code (gold)",
+    )
+    r(
+        "generator",
+        "hf",
+        config=HFGenerationConfig,
+        builder="spa_recipes.generation.hf:HFGenerator",
+        help="transformers generate(), batched across prompts",
+    )
+    r(
+        "generator",
+        "vllm",
+        config=VLLMGenerationConfig,
+        builder="spa_recipes.generation.vllm:VLLMGenerator",
+        help="vLLM engine (optional extra: pip install spa-recipes[vllm])",
+    )
+    r(
+        "judge",
+        "implicit",
+        config=ImplicitJudgeConfig,
+        builder="spa_recipes.judges.implicit:ImplicitRewardJudge",
+        help="SPA: DPO implicit reward against a reference model",
+    )
+    r(
+        "judge",
+        "gold",
+        config=GoldJudgeConfig,
+        builder="spa_recipes.toyworld.gold:GoldJudge",
+        help="toy world's gold preference (an oracle, for controls)",
+    )
+    r(
+        "judge",
+        "pairrm",
+        config=PairRMJudgeConfig,
+        builder="spa_recipes.judges.pairrm:PairRMJudge",
+        help="PairRM pairwise ranker (DeBERTa-v3), both orders averaged",
+    )
+    r(
+        "judge",
+        "reward_model",
+        config=RewardModelJudgeConfig,
+        builder="spa_recipes.judges.reward_model:RewardModelJudge",
+        help="Bradley-Terry reward model (sequence classifier), given or trained on the seed pairs",
+    )
+    r(
+        "judge",
+        "llm_judge",
+        config=LLMJudgeConfig,
+        builder="spa_recipes.judges.llm_judge:LLMJudge",
+        help="a language model asked 'A or B?' (hf, vllm or an OpenAI-compatible endpoint)",
+    )
+    r(
+        "judge",
+        "rule_gold",
+        config=RuleGoldConfig,
+        builder="spa_recipes.rules.world:RuleGoldJudge",
+        help="rule prompts' gold: rule followed, then correctness (an oracle, for controls)",
+    )
+    r(
+        "pair_selector",
+        "min_max",
+        config=PairSelectorConfig,
+        builder="spa_recipes.pairs:MinMaxSelector",
+        help="chosen = highest score, rejected = lowest",
+    )
+    r(
+        "pair_selector",
+        "max_random",
+        config=PairSelectorConfig,
+        builder="spa_recipes.pairs:MaxRandomSelector",
+        help="chosen = highest score, rejected = a random other response",
+    )
+    r(
+        "noise_detector",
+        "none",
+        config=NoneDetectorConfig,
+        builder="spa_recipes.noise:NoNoiseDetector",
+        help="flags nothing",
+    )
+    r(
+        "noise_detector",
+        "rolling_quantile",
+        config=RollingQuantileConfig,
+        builder="spa_recipes.noise:RollingQuantileDetector",
+        help="released code: window of the last 50 margins",
+    )
+    r(
+        "noise_detector",
+        "batch_quantile",
+        config=BatchQuantileConfig,
+        builder="spa_recipes.noise:BatchQuantileDetector",
+        help="paper: bottom K% of each global batch",
+    )
+    r(
+        "refiner",
+        "none",
+        config=NoRefinerConfig,
+        builder="spa_recipes.refiners:NoRefiner",
+        help="flagged pairs keep their labels",
+    )
+    r(
+        "refiner",
+        "label_smoothing",
+        config=LabelSmoothingConfig,
+        builder="spa_recipes.refiners:LabelSmoothingRefiner",
+        help="SPA self-refinement: smooth flagged labels by alpha",
+    )
+    r(
+        "refiner",
+        "drop",
+        config=DropRefinerConfig,
+        builder="spa_recipes.refiners:DropRefiner",
+        help="flagged pairs get zero weight",
+    )
     r("loss", "dpo", config=DPOLossConfig, builder="spa_recipes.loss:DPOLoss", help="sigmoid DPO")
-    r("evaluator", "gold", config=GoldEvaluatorConfig, builder="spa_recipes.toyworld.gold:GoldJudge",
-      help="toy world's gold preference")
-    r("evaluator", "pairrm", config=PairRMJudgeConfig, builder="spa_recipes.judges.pairrm:PairRMJudge",
-      help="PairRM pairwise ranker (DeBERTa-v3)")
-    r("evaluator", "reward_model", config=RewardModelJudgeConfig,
-      builder="spa_recipes.judges.reward_model:RewardModelJudge", help="Bradley-Terry reward model (path required)")
-    r("evaluator", "llm_judge", config=LLMJudgeConfig, builder="spa_recipes.judges.llm_judge:LLMJudge",
-      help="a language model asked 'A or B?'")
-    r("evaluator", "rule_gold", config=RuleGoldConfig, builder="spa_recipes.rules.world:RuleGoldJudge",
-      help="rule prompts' gold: rule followed, then correctness")
-    r("logger", "jsonl", config=JsonlLoggerConfig, builder="spa_recipes.loggers:JsonlLogger",
-      help="metrics.jsonl per stage")
-    r("logger", "tensorboard", config=TensorBoardLoggerConfig, builder="spa_recipes.loggers:TensorBoardLogger",
-      help="TensorBoard event files (optional extra: pip install spa-recipes[tracking])")
-    r("logger", "wandb", config=WandbLoggerConfig, builder="spa_recipes.loggers:WandbLogger",
-      help="Weights & Biases, offline by default (optional extra: pip install spa-recipes[tracking])")
+    r(
+        "evaluator",
+        "gold",
+        config=GoldEvaluatorConfig,
+        builder="spa_recipes.toyworld.gold:GoldJudge",
+        help="toy world's gold preference",
+    )
+    r(
+        "evaluator",
+        "pairrm",
+        config=PairRMJudgeConfig,
+        builder="spa_recipes.judges.pairrm:PairRMJudge",
+        help="PairRM pairwise ranker (DeBERTa-v3)",
+    )
+    r(
+        "evaluator",
+        "reward_model",
+        config=RewardModelJudgeConfig,
+        builder="spa_recipes.judges.reward_model:RewardModelJudge",
+        help="Bradley-Terry reward model (path required)",
+    )
+    r(
+        "evaluator",
+        "llm_judge",
+        config=LLMJudgeConfig,
+        builder="spa_recipes.judges.llm_judge:LLMJudge",
+        help="a language model asked 'A or B?'",
+    )
+    r(
+        "evaluator",
+        "rule_gold",
+        config=RuleGoldConfig,
+        builder="spa_recipes.rules.world:RuleGoldJudge",
+        help="rule prompts' gold: rule followed, then correctness",
+    )
+    r(
+        "logger",
+        "jsonl",
+        config=JsonlLoggerConfig,
+        builder="spa_recipes.loggers:JsonlLogger",
+        help="metrics.jsonl per stage",
+    )
+    r(
+        "logger",
+        "tensorboard",
+        config=TensorBoardLoggerConfig,
+        builder="spa_recipes.loggers:TensorBoardLogger",
+        help="TensorBoard event files (optional extra: pip install spa-recipes[tracking])",
+    )
+    r(
+        "logger",
+        "wandb",
+        config=WandbLoggerConfig,
+        builder="spa_recipes.loggers:WandbLogger",
+        help="Weights & Biases, offline by default (optional extra: pip install spa-recipes[tracking])",
+    )

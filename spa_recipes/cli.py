@@ -206,17 +206,30 @@ def report(
 @app.command("export-alpacaeval")
 def export_alpacaeval(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (runs/<name>)", show_default=False)],
-    stage: Annotated[str, typer.Option("--stage", help="eval stage (iter3_eval, eval_seed_dpo, eval_baseline) "
-                                       "or, with --instructions, any stage with a model (iter3_train, seed_dpo)")],
+    stage: Annotated[
+        str,
+        typer.Option(
+            "--stage",
+            help="eval stage (iter3_eval, eval_seed_dpo, eval_baseline) "
+            "or, with --instructions, any stage with a model (iter3_train, seed_dpo)",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="JSON file to write (AlpacaEval's --model_outputs)")],
-    instructions: Annotated[Path | None, typer.Option(
-        "--instructions", help="answer these instead of exporting the hold-out responses: AlpacaEval's "
-        "alpaca_eval.json or a JSON/JSONL list of {instruction, dataset}")] = None,
-    generator: Annotated[str | None, typer.Option("--generator", help="name in the records (default: run/stage)")]
-    = None,
+    instructions: Annotated[
+        Path | None,
+        typer.Option(
+            "--instructions",
+            help="answer these instead of exporting the hold-out responses: AlpacaEval's "
+            "alpaca_eval.json or a JSON/JSONL list of {instruction, dataset}",
+        ),
+    ] = None,
+    generator: Annotated[
+        str | None, typer.Option("--generator", help="name in the records (default: run/stage)")
+    ] = None,
     sample: Annotated[int, typer.Option("--sample", help="which sample per prompt to export (hold-out)")] = 0,
-    temperature: Annotated[float | None, typer.Option("--temperature", help="with --instructions; default: "
-                                                      "evaluation.temperature")] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="with --instructions; default: evaluation.temperature")
+    ] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="with --instructions")] = None,
 ) -> None:
     """Write a model's responses in AlpacaEval's model-output format, to run AlpacaEval 2.0 on them."""
@@ -239,8 +252,10 @@ def export_alpacaeval(
         if instructions is None:
             evals = [s for s, g in stages.items() if g.kind in {"eval", "eval_baseline"}]
             if stage not in evals:
-                raise UserError(f"--stage {stage}: not an evaluation stage of this run; choose one of: "
-                                f"{', '.join(evals) or '(none: the recipe has no evaluator)'}, or give --instructions")
+                raise UserError(
+                    f"--stage {stage}: not an evaluation stage of this run; choose one of: "
+                    f"{', '.join(evals) or '(none: the recipe has no evaluator)'}, or give --instructions"
+                )
             records = export_stage_responses(run_dir / stage, name, sample)
         else:
             with_model = {s: g for s, g in stages.items() if g.kind in {"eval", "eval_baseline", "dpo", "sft"}}
@@ -251,8 +266,12 @@ def export_alpacaeval(
             if model in stages and not (run_dir / model / "model").is_dir():
                 raise UserError(f"{run_dir / model}: the model of stage {model} is not there; run the recipe first")
             records = generate_alpacaeval_outputs(
-                recipe, model_path, read_instructions(instructions), name,
-                temperature=temperature, max_new_tokens=max_new_tokens,
+                recipe,
+                model_path,
+                read_instructions(instructions),
+                name,
+                temperature=temperature,
+                max_new_tokens=max_new_tokens,
             )
         write_outputs(records, out)
         typer.echo(f"wrote {len(records)} records to {out} (generator '{name}')")

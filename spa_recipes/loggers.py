@@ -49,8 +49,9 @@ def summary_group(stage: str) -> tuple[str, int]:
 
 def scalars(row: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, float]:
     """The plain numbers of a summary or metrics row (lists, strings, None and booleans left out)."""
-    return {k: float(v) for k, v in row.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and k not in skip}
+    return {
+        k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool) and k not in skip
+    }
 
 
 def training_rows(run_dir: Path, stage: str) -> list[dict[str, Any]]:
@@ -115,9 +116,17 @@ class WandbLogger:
         id_file = self.run_dir / WANDB_ID_FILE
         if not id_file.is_file():
             write_text_atomic(id_file, uuid.uuid4().hex[:12])
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(self.run_dir),
-                              name=cfg.name or self.run_dir.name, tags=cfg.tags or None, config=config,
-                              id=id_file.read_text().strip(), resume="allow")
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            mode=cfg.mode,
+            dir=str(self.run_dir),
+            name=cfg.name or self.run_dir.name,
+            tags=cfg.tags or None,
+            config=config,
+            id=id_file.read_text().strip(),
+            resume="allow",
+        )
         self.run.define_metric("iteration")
         self.run.define_metric("summary/*", step_metric="iteration")
 

@@ -48,8 +48,12 @@ class _LineProgress:
             rate = (self.n - self.start_n) / elapsed
             eta = (self.total - self.n) / rate if rate > 0 else float("inf")
             pct = 100 * self.n / max(self.total, 1)
-            print(f"  {self.desc}: {self.n}/{self.total} {self.unit}s ({pct:.0f}%), {rate:.1f} {self.unit}/s, "
-                  f"ETA {eta:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"  {self.desc}: {self.n}/{self.total} {self.unit}s ({pct:.0f}%), {rate:.1f} {self.unit}/s, "
+                f"ETA {eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
         pass

@@ -499,4 +499,3 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
         return value
 
     return expand(recipe)
-

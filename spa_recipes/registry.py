@@ -98,9 +98,7 @@ class Registry:
             raise PluginError(f"{self._source}: unknown component kind '{kind}' (kinds: {', '.join(KINDS)})")
         existing = self._components[kind].get(name)
         if existing is not None:
-            raise PluginError(
-                f"{self._source}: {kind} '{name}' is already registered by {existing.source}"
-            )
+            raise PluginError(f"{self._source}: {kind} '{name}' is already registered by {existing.source}")
         self._components[kind][name] = Component(kind, name, config, builder, self._source, help)
 
     def get(self, kind: str, name: str) -> Component | None:

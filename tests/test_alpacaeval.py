@@ -20,8 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def spa(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "spa_recipes", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "spa_recipes", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +36,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("alpacaeval")
     model = make_tiny_model(tmp / "sft", hidden=16, layers=1, heads=2)
     recipe = tmp / "r.yaml"
-    recipe.write_text(textwrap.dedent(f"""\
-        run: {{name: ae, output_dir: {tmp / 'runs'}}}
+    recipe.write_text(
+        textwrap.dedent(f"""\
+        run: {{name: ae, output_dir: {tmp / "runs"}}}
         models: {{sft: {model}, dtype: float32}}
         data: {{name: rule_prompts, num_prompts: 40}}
         split: {{seed_size: 8, prompts_per_iteration: 8, eval_holdout: 6}}
@@ -41,7 +48,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
           iteration: {{max_length: 48, max_prompt_length: 32}}
         iterations: 0
         evaluation: {{evaluator: {{name: rule_gold}}, samples_per_prompt: 2}}
-    """))
+    """)
+    )
     result = spa("run", str(recipe), "--no-progress")
     assert result.returncode == 0, result.stderr
     return tmp / "runs" / "ae"
@@ -64,15 +72,31 @@ def test_export_holdout_responses(run_dir: Path, tmp_path: Path) -> None:
 
 def test_export_answers_an_instruction_file(run_dir: Path, tmp_path: Path) -> None:
     instructions = tmp_path / "alpaca_eval.json"
-    instructions.write_text(json.dumps([
-        {"instruction": "w1 w2 w3", "dataset": "helpful_base", "output": "the reference", "generator": "gpt4"},
-        {"instruction": "w4", "dataset": "oasst"},
-        {"instruction": "w5 w6"},
-    ]))
+    instructions.write_text(
+        json.dumps(
+            [
+                {"instruction": "w1 w2 w3", "dataset": "helpful_base", "output": "the reference", "generator": "gpt4"},
+                {"instruction": "w4", "dataset": "oasst"},
+                {"instruction": "w5 w6"},
+            ]
+        )
+    )
     out = tmp_path / "model_outputs.json"
     # A training stage names its model directly (an eval stage names the model it evaluated).
-    result = spa("export-alpacaeval", str(run_dir), "--stage", "seed_dpo", "--out", str(out),
-                 "--instructions", str(instructions), "--generator", "tiny-spa", "--temperature", "0")
+    result = spa(
+        "export-alpacaeval",
+        str(run_dir),
+        "--stage",
+        "seed_dpo",
+        "--out",
+        str(out),
+        "--instructions",
+        str(instructions),
+        "--generator",
+        "tiny-spa",
+        "--temperature",
+        "0",
+    )
     assert result.returncode == 0, result.stderr
     records = json.loads(out.read_text())
     assert [r["instruction"] for r in records] == ["w1 w2 w3", "w4", "w5 w6"]
@@ -90,11 +114,27 @@ def test_export_errors_are_one_line(run_dir: Path, tmp_path: Path) -> None:
     ]
     result = spa("export-alpacaeval", str(tmp_path), "--stage", "eval_baseline", "--out", str(tmp_path / "x.json"))
     assert result.returncode == 2 and "not a run directory" in result.stderr
-    result = spa("export-alpacaeval", str(run_dir), "--stage", "seed_dpo", "--out", str(tmp_path / "x.json"),
-                 "--instructions", str(tmp_path / "missing.json"))
+    result = spa(
+        "export-alpacaeval",
+        str(run_dir),
+        "--stage",
+        "seed_dpo",
+        "--out",
+        str(tmp_path / "x.json"),
+        "--instructions",
+        str(tmp_path / "missing.json"),
+    )
     assert result.returncode == 2 and "file not found" in result.stderr and "missing.json" in result.stderr
-    result = spa("export-alpacaeval", str(run_dir), "--stage", "iter1_train", "--out", str(tmp_path / "x.json"),
-                 "--instructions", str(tmp_path / "missing.json"))
+    result = spa(
+        "export-alpacaeval",
+        str(run_dir),
+        "--stage",
+        "iter1_train",
+        "--out",
+        str(tmp_path / "x.json"),
+        "--instructions",
+        str(tmp_path / "missing.json"),
+    )
     assert result.returncode == 2
     assert "--stage iter1_train: no model; choose one of: seed_dpo, eval_baseline, eval_seed_dpo" in result.stderr
 
@@ -116,8 +156,13 @@ def test_lc_win_rate_matches_alpacaeval_glm() -> None:
     p = 1 / (1 + np.exp(-(-0.5 + 1.5 * np.tanh(delta / delta.std(ddof=1)))))
     y = np.where(rng.random(n) < p, 1.0, 0.0)
     y[rng.random(n) < 0.05] = 0.5
-    df = pd.DataFrame({"preference": y, "std_delta_len": (len_baseline - len_model) / (len_baseline - len_model).std(),
-                       "not_gamed_baseline": True})
+    df = pd.DataFrame(
+        {
+            "preference": y,
+            "std_delta_len": (len_baseline - len_model) / (len_baseline - len_model).std(),
+            "not_gamed_baseline": True,
+        }
+    )
     test = df[["not_gamed_baseline"]].copy()
     test["std_delta_len"] = 0.0
     train, x_test = glm.make_dmatrix_for_model(

@@ -72,7 +72,8 @@ def test_user_error_exit_2_and_debug_traceback(tmp_path: Path) -> None:
 
 def test_internal_error_exit_1(tmp_path: Path) -> None:
     # A component whose config model fails with something other than a validation error: a bug, not the user's.
-    (tmp_path / "spa_test_buggy.py").write_text(textwrap.dedent("""\
+    (tmp_path / "spa_test_buggy.py").write_text(
+        textwrap.dedent("""\
         from pydantic import BaseModel, model_validator
 
         class Buggy:
@@ -80,7 +81,8 @@ def test_internal_error_exit_1(tmp_path: Path) -> None:
                 @model_validator(mode="after")
                 def _crash(self):
                     raise RuntimeError("bug in the component")
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     args = ["validate", str(TINY), "pair_selector.name=spa_test_buggy:Buggy", "--allow-import", "spa_test_buggy"]
     result = cli(*args, env=env)
@@ -92,14 +94,16 @@ def test_internal_error_exit_1(tmp_path: Path) -> None:
 
 
 def test_allow_import_flag_and_env(tmp_path: Path) -> None:
-    (tmp_path / "spa_test_cli_selector.py").write_text(textwrap.dedent("""\
+    (tmp_path / "spa_test_cli_selector.py").write_text(
+        textwrap.dedent("""\
         from pydantic import BaseModel, ConfigDict
 
         class Shortest:
             class Config(BaseModel):
                 model_config = ConfigDict(extra="forbid")
                 margin: float = 0.5
-    """))
+    """)
+    )
     recipe = tmp_path / "r.yaml"
     recipe.write_text("extends: tiny_spa.yaml\npair_selector: {name: 'spa_test_cli_selector:Shortest', margin: 1}\n")
     env = {k: v for k, v in os.environ.items() if k != ALLOW_IMPORT_ENV} | {"PYTHONPATH": str(tmp_path)}

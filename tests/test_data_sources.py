@@ -47,7 +47,10 @@ def _file_source(path: Path, **columns: object) -> PreferenceFile:
 def test_conversation_shape_jsonl(tmp_path: Path) -> None:
     rows = _file_source(_write_jsonl(tmp_path / "uf.jsonl", CONVERSATION_ROWS)).rows()
     assert rows[2] == {
-        "id": "2", "prompt": [{"role": "user", "content": "question 2"}], "chosen": "good 2", "rejected": "bad 2",
+        "id": "2",
+        "prompt": [{"role": "user", "content": "question 2"}],
+        "chosen": "good 2",
+        "rejected": "bad 2",
     }
     kept, skipped = clean_rows(rows)
     assert len(kept) == 6 and not skipped
@@ -66,16 +69,23 @@ def test_string_shape_with_column_mapping_json_and_parquet(tmp_path: Path) -> No
     from_parquet = _file_source(parquet_path, **mapping).rows()
     assert from_json == from_parquet
     assert from_json[0] == {
-        "id": "100", "prompt": [{"role": "user", "content": "question 0"}], "chosen": "good 0", "rejected": "bad 0",
+        "id": "100",
+        "prompt": [{"role": "user", "content": "question 0"}],
+        "chosen": "good 0",
+        "rejected": "bad 0",
     }
 
 
 def test_multi_turn_conversation_is_the_prompt_and_system_turn_is_added(tmp_path: Path) -> None:
     context = [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "q"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "q"},
     ]
-    record = {"chosen": [*context, {"role": "assistant", "content": "yes"}],
-              "rejected": [*context, {"role": "assistant", "content": "no"}]}
+    record = {
+        "chosen": [*context, {"role": "assistant", "content": "yes"}],
+        "rejected": [*context, {"role": "assistant", "content": "no"}],
+    }
     path = _write_jsonl(tmp_path / "multi.jsonl", [record])
     (row,) = _file_source(path, prompt_column=None, system_prompt="").rows()
     assert row["prompt"] == [{"role": "system", "content": ""}, *context]
@@ -95,8 +105,11 @@ def test_malformed_rows_are_passed_on_and_counted_by_split(tmp_path: Path) -> No
         {"prompt": "p1", "chosen": 3, "rejected": "r"},  # chosen not text
         {"prompt": "p2", "chosen": [{"role": "user", "content": "x"}], "rejected": "r"},  # no assistant answer
         {"prompt": 7, "chosen": "c", "rejected": "r"},  # prompt neither text nor messages
-        {"prompt": "p3", "chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}],
-         "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "r"}]},  # contexts differ
+        {
+            "prompt": "p3",
+            "chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}],
+            "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "r"}],
+        },  # contexts differ
         {"prompt": "p4", "chosen": "same", "rejected": "same"},
         {"prompt": "   ", "chosen": "c", "rejected": "r"},
         {"prompt": "question 0", "chosen": "c", "rejected": "r"},  # duplicate prompt of the first good row
@@ -106,24 +119,31 @@ def test_malformed_rows_are_passed_on_and_counted_by_split(tmp_path: Path) -> No
     kept, skipped = clean_rows(rows)
     assert [r["chosen"] for r in kept] == ["good 0", "good 1"]
     assert skipped == {
-        "not a mapping": 2, "chosen/rejected not text": 2, "malformed prompt": 2, "chosen equals rejected": 1,
-        "empty prompt": 1, "duplicate prompt": 1,
+        "not a mapping": 2,
+        "chosen/rejected not text": 2,
+        "malformed prompt": 2,
+        "chosen equals rejected": 1,
+        "empty prompt": 1,
+        "duplicate prompt": 1,
     }
 
 
 def test_missing_id_values_are_counted(tmp_path: Path) -> None:
     records = [{**r, "uid": None} if i == 1 else r for i, r in enumerate(STRING_ROWS)]
     path = _write_jsonl(tmp_path / "ids.jsonl", records)
-    rows = _file_source(path, prompt_column="question", chosen_column="good", rejected_column="bad",
-                        id_column="uid").rows()
+    rows = _file_source(
+        path, prompt_column="question", chosen_column="good", rejected_column="bad", id_column="uid"
+    ).rows()
     _, skipped = clean_rows(rows)
     assert skipped == {"missing id": 1}
 
 
 def test_a_column_no_record_has_is_one_error(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "s.jsonl", STRING_ROWS)
-    with pytest.raises(DataError, match="no record has chosen_column 'chosen', rejected_column 'rejected'; columns: "
-                                        "bad, good, question, uid"):
+    with pytest.raises(
+        DataError,
+        match="no record has chosen_column 'chosen', rejected_column 'rejected'; columns: bad, good, question, uid",
+    ):
         _file_source(path).rows()
     with pytest.raises(DataError, match="no record has prompt_column 'prompt' and chosen holds no conversation"):
         _file_source(path, chosen_column="good", rejected_column="bad").rows()
@@ -135,18 +155,25 @@ def test_a_column_no_record_has_is_one_error(tmp_path: Path) -> None:
 
 def test_missing_file_fails_validation_naming_it(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(textwrap.dedent("""\
+    recipe.write_text(
+        textwrap.dedent("""\
         run: {name: r}
         models: {sft: some/model}
         data: {name: preference_file, path: no/such/pairs.jsonl}
         split: {prompts_per_iteration: 4}
-    """))
+    """)
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(recipe)
     assert len(info.value.problems) == 1
     assert "data.path" in info.value.problems[0] and "file not found: no/such/pairs.jsonl" in info.value.problems[0]
-    result = subprocess.run([sys.executable, "-m", "spa_recipes", "validate", str(recipe)], capture_output=True,
-                            text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "spa_recipes", "validate", str(recipe)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "no/such/pairs.jsonl" in result.stderr
 
@@ -194,14 +221,24 @@ def test_hub_source_passes_revision_to_load_dataset(monkeypatch: pytest.MonkeyPa
         return datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "prompt"} for r in CONVERSATION_ROWS])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    cfg = HubPreferencesConfig(path="argilla/ultrafeedback-binarized-preferences-cleaned", revision="abc123",
-                               split="train", max_rows=4)
+    cfg = HubPreferencesConfig(
+        path="argilla/ultrafeedback-binarized-preferences-cleaned", revision="abc123", split="train", max_rows=4
+    )
     rows = HubPreferences(cfg).rows()
     assert len(rows) == 4
-    assert rows[3] == {"id": "3", "prompt": [{"role": "user", "content": "question 3"}], "chosen": "good 3",
-                       "rejected": "bad 3"}
-    assert seen == {"path": "argilla/ultrafeedback-binarized-preferences-cleaned", "name": None, "split": "train",
-                    "revision": "abc123", "data_files": None}
+    assert rows[3] == {
+        "id": "3",
+        "prompt": [{"role": "user", "content": "question 3"}],
+        "chosen": "good 3",
+        "rejected": "bad 3",
+    }
+    assert seen == {
+        "path": "argilla/ultrafeedback-binarized-preferences-cleaned",
+        "name": None,
+        "split": "train",
+        "revision": "abc123",
+        "data_files": None,
+    }
 
 
 def test_relative_path_is_found_under_shipped_recipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,17 +262,24 @@ def test_run_on_a_preference_file(tmp_path: Path) -> None:
     words = [f"w{i}" for i in range(40)]
     model = make_tiny_model(tmp_path / "sft", words=words, hidden=16, layers=1, heads=2)
     records = [
-        {"prompt": f"w{i % 40} w{(i * 7) % 40}",
-         "chosen": [{"role": "user", "content": f"w{i % 40} w{(i * 7) % 40}"},
-                    {"role": "assistant", "content": f"w{i % 5} w{i % 3}"}],
-         "rejected": [{"role": "user", "content": f"w{i % 40} w{(i * 7) % 40}"},
-                      {"role": "assistant", "content": f"w{30 + i % 9}"}]}
+        {
+            "prompt": f"w{i % 40} w{(i * 7) % 40}",
+            "chosen": [
+                {"role": "user", "content": f"w{i % 40} w{(i * 7) % 40}"},
+                {"role": "assistant", "content": f"w{i % 5} w{i % 3}"},
+            ],
+            "rejected": [
+                {"role": "user", "content": f"w{i % 40} w{(i * 7) % 40}"},
+                {"role": "assistant", "content": f"w{30 + i % 9}"},
+            ],
+        }
         for i in range(40)
     ]
     data = _write_jsonl(tmp_path / "pairs.jsonl", [*records, "{broken", {"prompt": "w1", "chosen": 1}])
     recipe = tmp_path / "pref.yaml"
-    recipe.write_text(textwrap.dedent(f"""\
-        run: {{name: pref, output_dir: {tmp_path / 'runs'}}}
+    recipe.write_text(
+        textwrap.dedent(f"""\
+        run: {{name: pref, output_dir: {tmp_path / "runs"}}}
         models: {{sft: {model}, dtype: float32}}
         data: {{name: preference_file, path: {data}}}
         split: {{seed_size: 8, prompts_per_iteration: 8, eval_holdout: 4}}
@@ -245,10 +289,15 @@ def test_run_on_a_preference_file(tmp_path: Path) -> None:
           seed: {{epochs: 1, learning_rate: 1.0e-3, batch_size: 4, max_length: 32, max_prompt_length: 16}}
           iteration: {{epochs: 1, learning_rate: 1.0e-3, batch_size: 4, max_length: 32, max_prompt_length: 16}}
         iterations: 1
-    """))
+    """)
+    )
     result = subprocess.run(
         [sys.executable, "-m", "spa_recipes", "run", str(recipe), "--no-progress"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "runs" / "pref"

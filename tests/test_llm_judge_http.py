@@ -44,6 +44,12 @@ class FakeServer:
                 try:
                     status, content, delay = server.reply(text, attempt)
                     time.sleep(delay)
+                finally:
+                    # Done "thinking" before the answer goes out: once the client reads it, it may send its next
+                    # request, which must not find this one still counted.
+                    with server.lock:
+                        server.active -= 1
+                try:
                     payload = (
                         json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
                         if content is not None
@@ -56,9 +62,6 @@ class FakeServer:
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
                     pass
-                finally:
-                    with server.lock:
-                        server.active -= 1
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -179,22 +182,23 @@ def test_server_errors_are_retried_then_succeed(serve) -> None:
 def test_timeouts_are_retried_and_then_invalid(serve) -> None:
     def reply(text: str, attempt: int) -> tuple[int, str | None, float]:
         slow = "slow" in first_of(text) + second_of(text)
-        return 200, prefers_good(text), (1.0 if slow and attempt < 1 else 0.0)
+        return 200, prefers_good(text), (2.0 if slow and attempt < 1 else 0.0)
 
+    # Margins wide enough for a loaded 2-core machine: a quick answer well inside the timeout, a slow one far past it.
     server = serve(reply)
-    judge = make_judge(server, timeout=0.2, max_retries=1)
+    judge = make_judge(server, timeout=0.5, max_retries=1)
     start = time.monotonic()
     judged = judge.score(rows(("good slow", "bad"), ("good", "bad")))
-    assert time.monotonic() - start < 3.0
+    assert time.monotonic() - start < 5.0
     assert judged[0]["valid"] == [True, True] and judged[0]["scores"] == [1.0, 0.0]  # second attempt is quick
     assert judge.stats["http_retries"] == 2
-    never = make_judge(serve(lambda text, attempt: (200, "A", 1.0)), timeout=0.2, max_retries=1)
+    never = make_judge(serve(lambda text, attempt: (200, "A", 2.0)), timeout=0.5, max_retries=1)
     assert never.score(rows(("a", "b")))[0]["valid"] == [False, False]
     assert never.stats["http_failed_requests"] == 2
 
 
 def test_concurrency_is_bounded(serve) -> None:
-    server = serve(lambda text, attempt: (200, prefers_good(text), 0.1))
+    server = serve(lambda text, attempt: (200, prefers_good(text), 0.3))  # long enough for requests to overlap
     judge = make_judge(server, max_concurrency=3)
     judged = judge.score(rows(*[(f"good {i}", f"bad {i}") for i in range(6)]))  # 12 requests
     assert all(r["scores"] == [1.0, 0.0] for r in judged)

@@ -54,13 +54,16 @@ def test_jsonl_logger_appends_one_line_per_stage(tmp_path: Path) -> None:
     logger.log_stage("sft", 1.5, {"final_loss": 2.0})
     logger.log_stage("iter1_eval", 0.5, {"win_rate": 60.0})
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows == [{"stage": "sft", "seconds": 1.5, "final_loss": 2.0},
-                    {"stage": "iter1_eval", "seconds": 0.5, "win_rate": 60.0}]
+    assert rows == [
+        {"stage": "sft", "seconds": 1.5, "final_loss": 2.0},
+        {"stage": "iter1_eval", "seconds": 0.5, "win_rate": 60.0},
+    ]
 
 
 @pytest.mark.parametrize("name", ["tensorboard", "wandb"])
-def test_a_missing_tracking_package_fails_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     name: str) -> None:
+def test_a_missing_tracking_package_fails_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda pkg, *a: None if pkg == name else real(pkg, *a))
     with pytest.raises(UserError) as caught:
@@ -71,8 +74,10 @@ def test_a_missing_tracking_package_fails_validation(tmp_path: Path, monkeypatch
 
 
 def test_optional_packages_are_not_imported_until_built() -> None:
-    code = ("import sys, spa_recipes.loggers, spa_recipes.builtins, spa_recipes.reporting, spa_recipes.stages.report; "
-            "print(sorted(m for m in ('tensorboard', 'wandb', 'matplotlib', 'torch') if m in sys.modules))")
+    code = (
+        "import sys, spa_recipes.loggers, spa_recipes.builtins, spa_recipes.reporting, spa_recipes.stages.report; "
+        "print(sorted(m for m in ('tensorboard', 'wandb', 'matplotlib', 'torch') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -102,8 +107,16 @@ def test_tensorboard_logger_writes_summaries_and_steps(tmp_path: Path) -> None:
     assert curve("steps/iter1_train/loss") == [(1, 0.69), (2, 0.65)]
     assert curve("steps/iter1_train/flagged_fraction") == [(1, 0.25), (2, 0.125)]
     # Flags, lists and missing values are not scalars; the step is the axis, not a curve.
-    assert not {"summary/train/extrapolated", "summary/eval/agreement_with_gold", "steps/iter1_train/step",
-                "steps/iter1_train/flagged_ids", "steps/iter1_train/nonfinite"} & tags
+    assert (
+        not {
+            "summary/train/extrapolated",
+            "summary/eval/agreement_with_gold",
+            "steps/iter1_train/step",
+            "steps/iter1_train/flagged_ids",
+            "steps/iter1_train/nonfinite",
+        }
+        & tags
+    )
 
 
 class _FakeRun:

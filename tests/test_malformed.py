@@ -50,7 +50,11 @@ def test_malformed_recipe_is_refused(path: Path) -> None:
     env.pop("SPA_RECIPES_ALLOW_IMPORT", None)
     result = subprocess.run(
         [sys.executable, "-m", "spa_recipes", "validate", str(path), *overrides],
-        capture_output=True, text=True, cwd=path.parent, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=path.parent,
+        env=env,
+        timeout=60,
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

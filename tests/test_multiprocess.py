@@ -47,19 +47,53 @@ def launch(nproc: int, out: Path, *extra: str, env: dict[str, str] | None = None
     """``spa-recipe run`` of the quality recipe, under torchrun when ``nproc > 1``."""
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] if nproc > 1 else []
     return subprocess.run(
-        [sys.executable, *launcher, "-m", "spa_recipes", "run", str(TINY), *QUALITY, f"run.output_dir={out}",
-         "run.name=t", "--no-progress", *extra],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **ENV, **(env or {})}, timeout=300,
+        [
+            sys.executable,
+            *launcher,
+            "-m",
+            "spa_recipes",
+            "run",
+            str(TINY),
+            *QUALITY,
+            f"run.output_dir={out}",
+            "run.name=t",
+            "--no-progress",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **ENV, **(env or {})},
+        timeout=300,
     )
 
 
 def launch_fsdp(out: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``accelerate launch`` of the shipped FSDP config with 2 processes (fp32: no GPU here)."""
     return subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG), "--num_processes", "2",
-         "--mixed_precision", "no", str(ROOT / "tests" / "fsdp_on_cpu.py"), "run", str(TINY), *overrides,
-         f"run.output_dir={out}", "run.name=t", "--no-progress"],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **ENV, **(env or {})}, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(FSDP_CONFIG),
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            str(ROOT / "tests" / "fsdp_on_cpu.py"),
+            "run",
+            str(TINY),
+            *overrides,
+            f"run.output_dir={out}",
+            "run.name=t",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **ENV, **(env or {})},
+        timeout=300,
     )
 
 
@@ -101,8 +135,12 @@ def test_two_processes_write_every_prompt_once_and_only_main_writes(
         assert (run_dir / "split" / name).read_text() == (one_process / "split" / name).read_text(), name
     prompt_ids = [r["id"] for r in rows(run_dir / "split" / "prompts_1.jsonl")]
     eval_ids = [r["id"] for r in rows(run_dir / "split" / "eval.jsonl")]
-    for path, ids in [("iter1_generate/responses.jsonl", prompt_ids), ("iter1_judge/scores.jsonl", prompt_ids),
-                      ("eval_baseline/responses.jsonl", eval_ids), ("iter1_eval/responses.jsonl", eval_ids)]:
+    for path, ids in [
+        ("iter1_generate/responses.jsonl", prompt_ids),
+        ("iter1_judge/scores.jsonl", prompt_ids),
+        ("eval_baseline/responses.jsonl", eval_ids),
+        ("iter1_eval/responses.jsonl", eval_ids),
+    ]:
         got = rows(run_dir / path)
         assert [r["id"] for r in got] == ids, path  # each prompt exactly once, in order
         assert all(len(r["responses"]) == 2 for r in got), path
@@ -180,7 +218,11 @@ def test_run_sharded_deals_out_missing_shards_and_returns_every_item_once(tmp_pa
     (out / "shard-00001.jsonl").write_text("".join(json.dumps({"id": x, "rank": -1}) + "\n" for x in (3, 4, 5)))
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), str(script), str(out)],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **ENV}, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for r in range(nproc):
@@ -227,7 +269,11 @@ def test_fsdp_resume_from_a_sharded_checkpoint_gives_the_same_model(tmp_path: Pa
 def test_a_deepspeed_launch_is_refused_before_any_work(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "spa_recipes", "run", str(TINY), f"run.output_dir={tmp_path}", "run.name=t"],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"}, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"},
+        timeout=60,
     )
     assert result.returncode == 2, result.stderr
     assert "DeepSpeed launches are not supported: use configs/accelerate/fsdp.yaml" in result.stderr

@@ -15,7 +15,9 @@ def test_a_wheel_install_lists_copies_and_extends_shipped_recipes(tmp_path: Path
     wheels = tmp_path / "wheels"
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(wheels)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("spa_recipes-*.whl")
@@ -29,8 +31,9 @@ def test_a_wheel_install_lists_copies_and_extends_shipped_recipes(tmp_path: Path
     env = {**os.environ, "PYTHONPATH": str(site)}
 
     def spa(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "spa_recipes", *args], capture_output=True, text=True,
-                              cwd=work, env=env, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "spa_recipes", *args], capture_output=True, text=True, cwd=work, env=env, timeout=60
+        )
 
     listed = spa("ls")
     assert listed.returncode == 0 and str(site / "spa_recipes" / "recipes") in listed.stdout, listed.stdout

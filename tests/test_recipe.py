@@ -30,7 +30,11 @@ def write(folder: Path, name: str, text: str) -> Path:
 def run_cli(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "spa_recipes", *args],
-        capture_output=True, text=True, cwd=cwd, env=env or dict(os.environ), timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env or dict(os.environ),
+        timeout=60,
     )
 
 
@@ -48,10 +52,14 @@ def test_interpolation_follows_the_key_it_names() -> None:
 
 
 def test_interpolation_inside_a_string(tmp_path: Path) -> None:
-    path = write(tmp_path, "r.yaml", """\
+    path = write(
+        tmp_path,
+        "r.yaml",
+        """\
         extends: tiny_spa.yaml
         run: {name: "tiny_seed${run.seed}", seed: 3}
-    """)
+    """,
+    )
     assert load_recipe(path).run.name == "tiny_seed3"
     assert load_recipe(path, ["run.seed=11"]).run.name == "tiny_seed11"
 
@@ -72,20 +80,32 @@ def test_extends_single_inherits_the_base() -> None:
 
 
 def test_precedence_defaults_bases_recipe_command_line(tmp_path: Path) -> None:
-    write(tmp_path, "bases/a.yaml", """\
+    write(
+        tmp_path,
+        "bases/a.yaml",
+        """\
         extends: tiny_spa.yaml        # not beside a.yaml: found among the shipped recipes
         training:
           iteration: {warmup_ratio: 0.2, epochs: 2, learning_rate: 1.0e-3, batch_size: 2}
-    """)
-    write(tmp_path, "bases/b.yaml", """\
+    """,
+    )
+    write(
+        tmp_path,
+        "bases/b.yaml",
+        """\
         training:
           iteration: {epochs: 3, learning_rate: 2.0e-3, batch_size: 3}
-    """)
-    path = write(tmp_path, "r.yaml", """\
+    """,
+    )
+    path = write(
+        tmp_path,
+        "r.yaml",
+        """\
         extends: [bases/a.yaml, bases/b.yaml]
         training:
           iteration: {learning_rate: 3.0e-3, batch_size: 4}
-    """)
+    """,
+    )
     it = load_recipe(path, ["training.iteration.batch_size=7"]).training.iteration
     assert it.weight_decay == 0.0  # set nowhere: the schema default
     assert it.warmup_ratio == 0.2  # first base only
@@ -97,8 +117,9 @@ def test_precedence_defaults_bases_recipe_command_line(tmp_path: Path) -> None:
 
 
 def test_local_base_shadows_the_shipped_one(tmp_path: Path) -> None:
-    write(tmp_path, "base/spa_paper.yaml", (REPO / "recipes/base/spa_paper.yaml").read_text().replace(
-        "k: 0.10", "k: 0.3"))
+    write(
+        tmp_path, "base/spa_paper.yaml", (REPO / "recipes/base/spa_paper.yaml").read_text().replace("k: 0.10", "k: 0.3")
+    )
     path = write(tmp_path, "r.yaml", TINY.read_text())
     assert load_recipe(path).noise_detector.args.k == 0.3
     assert load_recipe(TINY).noise_detector.args.k == 0.1
@@ -108,14 +129,17 @@ def test_local_base_shadows_the_shipped_one(tmp_path: Path) -> None:
 
 
 def test_overrides_nested_lists_and_strings() -> None:
-    recipe = load_recipe(TINY, [
-        "training.seed.learning_rate=3.0e-4",
-        "split.prompts_per_iteration=[10, 20, 30]",
-        "noise_detector.lambda=[0.4, 0.2, 0.1]",
-        "run.name=my run with spaces",
-        'run.output_dir="/tmp/out: quoted"',
-        "models.base.hidden_size=32",
-    ])
+    recipe = load_recipe(
+        TINY,
+        [
+            "training.seed.learning_rate=3.0e-4",
+            "split.prompts_per_iteration=[10, 20, 30]",
+            "noise_detector.lambda=[0.4, 0.2, 0.1]",
+            "run.name=my run with spaces",
+            'run.output_dir="/tmp/out: quoted"',
+            "models.base.hidden_size=32",
+        ],
+    )
     assert recipe.training.seed.learning_rate == 3.0e-4
     assert recipe.split.prompts_per_iteration == [10, 20, 30]
     assert recipe.noise_detector.args.lambda_ == [0.4, 0.2, 0.1]
@@ -157,10 +181,14 @@ def test_switching_component_on_the_command_line_drops_old_args() -> None:
 
 
 def test_switching_component_in_a_recipe_drops_the_base_args(tmp_path: Path) -> None:
-    path = write(tmp_path, "r.yaml", """\
+    path = write(
+        tmp_path,
+        "r.yaml",
+        """\
         extends: tiny_spa.yaml
         noise_detector: {name: batch_quantile, k: 0.2}
-    """)
+    """,
+    )
     args = load_recipe(path).noise_detector.args
     assert args.k == 0.2
     assert args.lambda_ == 0.0  # the base's [0.5, 0.25, 0.125] belonged to rolling_quantile
@@ -225,7 +253,10 @@ def test_validation_imports_no_torch_and_is_fast() -> None:
 def _component_module(folder: Path) -> str:
     """A module on ``folder`` with a pair selector class whose pydantic ``Config`` holds its arguments."""
     name = f"spa_test_selector_{uuid.uuid4().hex[:8]}"  # the process-wide registry remembers each name
-    write(folder, f"{name}.py", """\
+    write(
+        folder,
+        f"{name}.py",
+        """\
         from pydantic import BaseModel, ConfigDict
 
 
@@ -240,7 +271,8 @@ def _component_module(folder: Path) -> str:
 
         class NotPydantic:
             Config = dict
-    """)
+    """,
+    )
     return name
 
 

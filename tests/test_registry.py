@@ -38,7 +38,8 @@ def only_plugins_in(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
         monkeypatch.syspath_prepend(str(folder))
         found = [ep for d in metadata.distributions(path=[str(folder)]) for ep in d.entry_points]
         monkeypatch.setattr(
-            registry_module.metadata, "entry_points",
+            registry_module.metadata,
+            "entry_points",
             lambda group: metadata.EntryPoints(ep for ep in found if ep.group == group),
         )
 
@@ -97,7 +98,11 @@ def test_process_registry_is_built_once() -> None:
 
 
 def test_plugin_registers_with_its_source(tmp_path: Path, only_plugins_in) -> None:  # noqa: ANN001
-    make_distribution(tmp_path, "good-plugin", "good_spa_plugin", """\
+    make_distribution(
+        tmp_path,
+        "good-plugin",
+        "good_spa_plugin",
+        """\
         from pydantic import BaseModel, ConfigDict
 
         class Config(BaseModel):
@@ -109,7 +114,9 @@ def test_plugin_registers_with_its_source(tmp_path: Path, only_plugins_in) -> No
 
         def register(registry):
             registry.register("refiner", "mine", config=Config, builder="good_spa_plugin:build_mine", help="mine")
-    """, entry_point="good")
+    """,
+        entry_point="good",
+    )
     only_plugins_in(tmp_path)
     registry = builtin_registry()
     registry.load_plugins()
@@ -125,17 +132,23 @@ def test_plugin_registers_with_its_source(tmp_path: Path, only_plugins_in) -> No
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        ("raise ImportError('needs the package frobnicate')\n",
-         "failed to import: ImportError: needs the package frobnicate"),
+        (
+            "raise ImportError('needs the package frobnicate')\n",
+            "failed to import: ImportError: needs the package frobnicate",
+        ),
         ("import spa_recipes.no_such_module\n", "failed to import: ModuleNotFoundError"),
         ("register = 3\n", "is not a callable register(registry)"),
         ("def register(registry):\n    raise RuntimeError('boom')\n", "failed to register: RuntimeError: boom"),
-        ("from spa_recipes.builtins import PairSelectorConfig\n"
-         "def register(registry):\n"
-         "    registry.register('pair_selector', 'min_max', config=PairSelectorConfig, builder='x:y')\n",
-         "pair_selector 'min_max' is already registered by built-in"),
-        ("def register(registry):\n    registry.register('judgee', 'x', config=None, builder='x:y')\n",
-         "unknown component kind 'judgee'"),
+        (
+            "from spa_recipes.builtins import PairSelectorConfig\n"
+            "def register(registry):\n"
+            "    registry.register('pair_selector', 'min_max', config=PairSelectorConfig, builder='x:y')\n",
+            "pair_selector 'min_max' is already registered by built-in",
+        ),
+        (
+            "def register(registry):\n    registry.register('judgee', 'x', config=None, builder='x:y')\n",
+            "unknown component kind 'judgee'",
+        ),
     ],
     ids=["import_error", "missing_module", "not_callable", "register_raises", "duplicate", "unknown_kind"],
 )

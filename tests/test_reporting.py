@@ -39,9 +39,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One real run through the CLI with --no-progress, as a log file would see it: (run dir, its output)."""
     out = tmp_path_factory.mktemp("report")
     result = subprocess.run(
-        [sys.executable, "-m", "spa_recipes", "run", str(TINY), *SHRUNK, f"run.output_dir={out}", "run.name=r",
-         "--no-progress"],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "spa_recipes",
+            "run",
+            str(TINY),
+            *SHRUNK,
+            f"run.output_dir={out}",
+            "run.name=r",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     return out / "r", result.stdout + result.stderr
@@ -85,8 +98,17 @@ def test_report_numbers_are_results_json(tiny_run: tuple[Path, str]) -> None:
     assert [m["model"] for m in results["models"]] == ["seed_dpo", "iter1_train", "iter2_train"]
     assert [m["iteration"] for m in results["models"]] == [0, 1, 2]
     for m in results["models"]:
-        assert set(m) == {"model", "iteration", "evaluator", "win_rate", "win_rate_se", "lc_win_rate", "n",
-                          "mean_words", "baseline_mean_words"}
+        assert set(m) == {
+            "model",
+            "iteration",
+            "evaluator",
+            "win_rate",
+            "win_rate_se",
+            "lc_win_rate",
+            "n",
+            "mean_words",
+            "baseline_mean_words",
+        }
         stage = "eval_seed_dpo" if m["iteration"] == 0 else f"iter{m['iteration']}_eval"
         evaluated = json.loads((run_dir / stage / "eval.json").read_text())
         assert m["win_rate"] == evaluated["win_rate"] and m["mean_words"] == evaluated["mean_words_model"]

@@ -55,13 +55,15 @@ def test_complete_recipe_validates(path: Path, tmp_path: Path, monkeypatch: pyte
 @pytest.mark.parametrize("path", BASES, ids=_id)
 def test_base_recipe_validates_when_extended(path: Path, tmp_path: Path) -> None:
     wrapper = tmp_path / "extends_base.yaml"
-    wrapper.write_text(textwrap.dedent(f"""\
+    wrapper.write_text(
+        textwrap.dedent(f"""\
         extends: {path}
         run: {{name: base_check}}
         models: {{sft: some/sft-model}}
         data: {{name: toy_world}}
         split: {{prompts_per_iteration: 100}}
-    """))
+    """)
+    )
     shown = recipe_to_dict(load_recipe(wrapper))
     # Every value the base writes out (interpolations aside) is what the validated recipe holds.
     leaves = _leaves(yaml.safe_load(path.read_text()))

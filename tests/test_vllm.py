@@ -76,9 +76,15 @@ def test_generate_stage_layout_counts_format_and_resume(tmp_path: Path) -> None:
     from spa_recipes.runner.run import RunContext
     from spa_recipes.stages import generate as generate_stage
 
-    overrides = ["generation.name=vllm", *(f"generation.{k}={v}" for k, v in ENGINE.items()),
-                 "generation.samples_per_prompt=3", "generation.max_new_tokens=6", "generation.shard_size=3",
-                 f"run.output_dir={tmp_path}", "run.name=v"]
+    overrides = [
+        "generation.name=vllm",
+        *(f"generation.{k}={v}" for k, v in ENGINE.items()),
+        "generation.samples_per_prompt=3",
+        "generation.max_new_tokens=6",
+        "generation.shard_size=3",
+        f"run.output_dir={tmp_path}",
+        "run.name=v",
+    ]
     recipe = load_recipe(TINY, overrides)
     graph = {s.name: s for s in build_graph(recipe)}
     ctx = RunContext(recipe, tmp_path / "v", graph)
@@ -99,8 +105,14 @@ def test_generate_stage_layout_counts_format_and_resume(tmp_path: Path) -> None:
 
     # The HF backend's rows have the same shape, field by field.
     hf = HFGenerator(HFGenerationConfig(samples_per_prompt=3, temperature=1.0, max_new_tokens=6, shard_size=3))
-    hf_rows = hf.generate(prompts(7), model_path=ctx.model_path(stage.model), out_dir=tmp_path / "hf", seed=0,
-                          dtype="float32", max_prompt_length=recipe.training.iteration.max_prompt_length)
+    hf_rows = hf.generate(
+        prompts(7),
+        model_path=ctx.model_path(stage.model),
+        out_dir=tmp_path / "hf",
+        seed=0,
+        dtype="float32",
+        max_prompt_length=recipe.training.iteration.max_prompt_length,
+    )
     for ours, theirs in zip(got, hf_rows, strict=True):
         assert {k: type(v) for k, v in ours.items()} == {k: type(v) for k, v in theirs.items()}
         assert ours["prompt"] == theirs["prompt"] and ours["id"] == theirs["id"]
@@ -129,8 +141,7 @@ def test_seeds_change_the_draws_and_prompts_do_not_share_them(tmp_path: Path) ->
 
 def test_eos_handling(tmp_path: Path) -> None:
     ended = vllm_generate(make_model(tmp_path / "always", seed=3, eos_logit=50.0), tmp_path / "a", seed=0)
-    assert all(r["finished"] == [True] * 3 and r["num_tokens"] == [0] * 3 and r["responses"] == [""] * 3
-               for r in ended)
+    assert all(r["finished"] == [True] * 3 and r["num_tokens"] == [0] * 3 and r["responses"] == [""] * 3 for r in ended)
     cut = vllm_generate(make_model(tmp_path / "never", seed=3, eos_logit=-50.0), tmp_path / "n", seed=0)
     assert all(r["finished"] == [False] * 3 and r["num_tokens"] == [6] * 3 for r in cut)
     assert all(0 < len(text.split()) <= 6 for r in cut for text in r["responses"])

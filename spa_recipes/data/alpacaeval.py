@@ -52,12 +52,14 @@ def export_stage_responses(stage_dir: Path, generator: str, sample: int = 0) -> 
     for row in read_jsonl(path):
         if not 0 <= sample < len(row["responses"]):
             raise UserError(f"--sample {sample}: the stage has {len(row['responses'])} samples per prompt")
-        records.append({
-            "instruction": _instruction(row["prompt"]),
-            "output": row["responses"][sample],
-            "generator": generator,
-            "dataset": HOLDOUT_DATASET,
-        })
+        records.append(
+            {
+                "instruction": _instruction(row["prompt"]),
+                "output": row["responses"][sample],
+                "generator": generator,
+                "dataset": HOLDOUT_DATASET,
+            }
+        )
     return records
 
 
@@ -113,11 +115,13 @@ def generate_alpacaeval_outputs(
     from spa_recipes.registry import get_registry
 
     evaluation = recipe.evaluation
-    settings = recipe.generation.args.model_copy(update={
-        "samples_per_prompt": 1,
-        "temperature": evaluation.temperature if temperature is None else temperature,
-        "max_new_tokens": max_new_tokens or evaluation.max_new_tokens or recipe.generation.args.max_new_tokens,
-    })
+    settings = recipe.generation.args.model_copy(
+        update={
+            "samples_per_prompt": 1,
+            "temperature": evaluation.temperature if temperature is None else temperature,
+            "max_new_tokens": max_new_tokens or evaluation.max_new_tokens or recipe.generation.args.max_new_tokens,
+        }
+    )
     component = get_registry().get("generator", recipe.generation.name)
     assert component is not None, f"generator '{recipe.generation.name}' was validated but is not registered"
     generator = component.build(settings)

@@ -160,8 +160,15 @@ class VLLMGenerator:
                 responses.append(tokenizer.decode(kept, skip_special_tokens=True))
                 finished.append(end is not None)
                 num_tokens.append(len(kept))
-            out.append({"id": row["id"], "prompt": row["prompt"], "responses": responses, "finished": finished,
-                        "num_tokens": num_tokens})
+            out.append(
+                {
+                    "id": row["id"],
+                    "prompt": row["prompt"],
+                    "responses": responses,
+                    "finished": finished,
+                    "num_tokens": num_tokens,
+                }
+            )
         return out
 
 

@@ -145,8 +145,13 @@ class ImplicitRewardJudge:
             if out_dir is None:
                 return shard(0, rows)
             path = Path(model_path)  # a run's models live in <stage>/model: name the stage
-            return run_sharded(rows, self.shard_size, out_dir, shard,
-                               desc=f"judge with {path.parent.name if path.name == 'model' else path.name}")
+            return run_sharded(
+                rows,
+                self.shard_size,
+                out_dir,
+                shard,
+                desc=f"judge with {path.parent.name if path.name == 'model' else path.name}",
+            )
         finally:
             model = weakref.ref(loaded["model"]) if "model" in loaded else None
             loaded.clear()  # free the model before the next one is loaded

@@ -125,11 +125,19 @@ def _results(run_dir: Path, name: str, baseline: str, stages: list[str]) -> dict
         eval_json, counts_json = run_dir / stage / "eval.json", run_dir / stage / "counts.json"
         if eval_json.is_file():
             m = json.loads(eval_json.read_text())
-            models.append({
-                "model": m["model"], "iteration": m["iteration"], "evaluator": m["evaluator"],
-                "win_rate": m["win_rate"], "win_rate_se": m["win_rate_se"], "lc_win_rate": m["lc_win_rate"],
-                "n": m["n"], "mean_words": m["mean_words_model"], "baseline_mean_words": m["mean_words_baseline"],
-            })
+            models.append(
+                {
+                    "model": m["model"],
+                    "iteration": m["iteration"],
+                    "evaluator": m["evaluator"],
+                    "win_rate": m["win_rate"],
+                    "win_rate_se": m["win_rate_se"],
+                    "lc_win_rate": m["lc_win_rate"],
+                    "n": m["n"],
+                    "mean_words": m["mean_words_model"],
+                    "baseline_mean_words": m["mean_words_baseline"],
+                }
+            )
             if m["iteration"] > 0:
                 merged.setdefault(m["iteration"], {"iteration": m["iteration"]})["agreement_with_gold"] = m.get(
                     "agreement_with_gold"

@@ -36,9 +36,19 @@ def _image(name: str, plots: dict[str, Path], base: Path) -> list[str]:
 
 def win_rate_rows(results: dict[str, Any]) -> list[list[str]]:
     """The win-rate table's rows: model, iteration, WR ± s.e., LC WR, WR − LC, n, mean words, baseline words."""
-    return [[m["model"], str(m["iteration"]), f"{m['win_rate']:.1f} ± {m['win_rate_se']:.1f}",
-             f"{m['lc_win_rate']:.1f}", f"{m['win_rate'] - m['lc_win_rate']:+.1f}", str(m["n"]),
-             f"{m['mean_words']:.1f}", f"{m['baseline_mean_words']:.1f}"] for m in results["models"]]
+    return [
+        [
+            m["model"],
+            str(m["iteration"]),
+            f"{m['win_rate']:.1f} ± {m['win_rate_se']:.1f}",
+            f"{m['lc_win_rate']:.1f}",
+            f"{m['win_rate'] - m['lc_win_rate']:+.1f}",
+            str(m["n"]),
+            f"{m['mean_words']:.1f}",
+            f"{m['baseline_mean_words']:.1f}",
+        ]
+        for m in results["models"]
+    ]
 
 
 def _last(rows: list[dict[str, Any]], key: str) -> Any:
@@ -56,15 +66,25 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
         Markdown text.
     """
     results, base = data.results, data.run_dir
-    lines = [f"# {data.name}", "", f"Run directory `{data.run_dir}`; {len(data.stage_seconds)} stages finished "
-             f"in {data.total_seconds:.0f} s."]
+    lines = [
+        f"# {data.name}",
+        "",
+        f"Run directory `{data.run_dir}`; {len(data.stage_seconds)} stages finished in {data.total_seconds:.0f} s.",
+    ]
     lines += ["", *(f"> {note}" for note in data.notes)] if data.notes else []
-    lines += ["", "## Win rate", "",
-              f"Against the {results['baseline']} model (ties count half); iteration 0 is the seed-DPO model. "
-              "LC = length-controlled: a large WR − LC gap means the wins come with longer responses.", ""]
+    lines += [
+        "",
+        "## Win rate",
+        "",
+        f"Against the {results['baseline']} model (ties count half); iteration 0 is the seed-DPO model. "
+        "LC = length-controlled: a large WR − LC gap means the wins come with longer responses.",
+        "",
+    ]
     if results["models"]:
-        lines += _table(["model", "iteration", "win rate", "LC win rate", "WR − LC", "n", "mean words",
-                         "baseline words"], win_rate_rows(results))
+        lines += _table(
+            ["model", "iteration", "win rate", "LC win rate", "WR − LC", "n", "mean words", "baseline words"],
+            win_rate_rows(results),
+        )
     else:
         lines.append("No model has been evaluated (no evaluator, or no evaluation stage has finished).")
     lines += _image("win_rate", plots, base)
@@ -74,14 +94,37 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
     for it in results["iterations"]:
         i, pairs = it["iteration"], it.get("pairs", {})
         train = data.training.get(f"iter{i}_train", [])
-        rows.append([str(i), str(pairs.get("pairs", "-")), str(pairs.get("kept_tie", "-")),
-                     _num(it.get("agreement_with_gold")), _num(100 * flagged[i] if i in flagged else None),
-                     _num(_last(train, "loss"), ".4f"), _num(_last(train, "reward_accuracy"), ".2f")])
-    lines += ["", "## Self-labelling per iteration", "",
-              "Pairs the judge labelled, how often its chosen response is the one the evaluator prefers, the share "
-              "of pairs the noise detector flagged (mean over the training steps) and the end of training.", ""]
-    lines += _table(["iteration", "pairs", "ties kept", "agreement with gold (%)", "flagged (%)", "final loss",
-                     "final reward accuracy"], rows)
+        rows.append(
+            [
+                str(i),
+                str(pairs.get("pairs", "-")),
+                str(pairs.get("kept_tie", "-")),
+                _num(it.get("agreement_with_gold")),
+                _num(100 * flagged[i] if i in flagged else None),
+                _num(_last(train, "loss"), ".4f"),
+                _num(_last(train, "reward_accuracy"), ".2f"),
+            ]
+        )
+    lines += [
+        "",
+        "## Self-labelling per iteration",
+        "",
+        "Pairs the judge labelled, how often its chosen response is the one the evaluator prefers, the share "
+        "of pairs the noise detector flagged (mean over the training steps) and the end of training.",
+        "",
+    ]
+    lines += _table(
+        [
+            "iteration",
+            "pairs",
+            "ties kept",
+            "agreement with gold (%)",
+            "flagged (%)",
+            "final loss",
+            "final reward accuracy",
+        ],
+        rows,
+    )
     for name in ("agreement", "noise", "rewards", "loss"):
         lines += _image(name, plots, base)
 
@@ -90,19 +133,35 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
     eval_words = {m["iteration"]: m["mean_words"] for m in results["models"]}
     for i in sorted(set(eval_words) | {i - 1 for i in data.generation}):
         gen = data.generation.get(i + 1, {})
-        length_rows.append([str(i), _num(eval_words.get(i)), _num(gen.get("mean_words")),
-                            _num(gen.get("mean_tokens")), _num(gen.get("eos_rate"), ".2f")])
+        length_rows.append(
+            [
+                str(i),
+                _num(eval_words.get(i)),
+                _num(gen.get("mean_words")),
+                _num(gen.get("mean_tokens")),
+                _num(gen.get("eos_rate"), ".2f"),
+            ]
+        )
     if data.baseline_stats:
         b = data.baseline_stats
         length_rows.insert(0, [f"{results['baseline']} (baseline)", _num(b.get("mean_words")), "-", "-", "-"])
-    lines += _table(["model (iteration)", "evaluation mean words", "samples for next iteration: mean words",
-                     "mean tokens", "EOS rate"], length_rows)
+    lines += _table(
+        [
+            "model (iteration)",
+            "evaluation mean words",
+            "samples for next iteration: mean words",
+            "mean tokens",
+            "EOS rate",
+        ],
+        length_rows,
+    )
     lines += _image("length", plots, base)
 
     total = max(data.total_seconds, 1e-9)
     lines += ["", "## Time per stage", ""]
-    lines += _table(["stage", "seconds", "share"],
-                    [[s, f"{t:.1f}", f"{100 * t / total:.0f}%"] for s, t in data.stage_seconds])
+    lines += _table(
+        ["stage", "seconds", "share"], [[s, f"{t:.1f}", f"{100 * t / total:.0f}%"] for s, t in data.stage_seconds]
+    )
     lines += _image("stage_times", plots, base)
     return "\n".join(lines) + "\n"
 
@@ -118,34 +177,65 @@ def render_comparison(runs: list[tuple[str, RunData]], plots: dict[str, Path], o
     Returns:
         Markdown text.
     """
-    lines = [f"# Comparison of {len(runs)} runs", "",
-             "Final model of each run against its baseline (ties count half); Δ = change since the seed-DPO model.",
-             ""]
+    lines = [
+        f"# Comparison of {len(runs)} runs",
+        "",
+        "Final model of each run against its baseline (ties count half); Δ = change since the seed-DPO model.",
+        "",
+    ]
     summary = []
     for label, data in runs:
         models = data.results["models"]
         final = models[-1] if models else {}
         seed = next((m for m in models if m["iteration"] == 0), None)
-        agreement = [r["agreement_with_gold"] for r in data.results["iterations"]
-                     if r.get("agreement_with_gold") is not None]
+        agreement = [
+            r["agreement_with_gold"] for r in data.results["iterations"] if r.get("agreement_with_gold") is not None
+        ]
         flagged = mean_flagged_by_iteration(data)
-        summary.append([
-            label, f"`{data.run_dir}`", str(final.get("model", "-")),
-            _num(final.get("win_rate")), _num(final.get("lc_win_rate")),
-            _num(final["win_rate"] - seed["win_rate"] if final and seed else None, "+.1f"),
-            _num(final.get("mean_words")), _num(agreement[-1] if agreement else None),
-            _num(100 * sum(flagged.values()) / len(flagged) if flagged else None), f"{data.total_seconds:.0f}",
-        ])
-    lines += _table(["run", "directory", "final model", "win rate", "LC win rate", "Δ WR", "mean words",
-                     "agreement, last iteration (%)", "flagged (%)", "time (s)"], summary)
+        summary.append(
+            [
+                label,
+                f"`{data.run_dir}`",
+                str(final.get("model", "-")),
+                _num(final.get("win_rate")),
+                _num(final.get("lc_win_rate")),
+                _num(final["win_rate"] - seed["win_rate"] if final and seed else None, "+.1f"),
+                _num(final.get("mean_words")),
+                _num(agreement[-1] if agreement else None),
+                _num(100 * sum(flagged.values()) / len(flagged) if flagged else None),
+                f"{data.total_seconds:.0f}",
+            ]
+        )
+    lines += _table(
+        [
+            "run",
+            "directory",
+            "final model",
+            "win rate",
+            "LC win rate",
+            "Δ WR",
+            "mean words",
+            "agreement, last iteration (%)",
+            "flagged (%)",
+            "time (s)",
+        ],
+        summary,
+    )
 
     iterations = sorted({m["iteration"] for _, d in runs for m in d.results["models"]})
     lines += ["", "## LC win rate / win rate per iteration", ""]
     rows = []
     for label, data in runs:
         by_it = {m["iteration"]: m for m in data.results["models"]}
-        rows.append([label, *(f"{by_it[i]['lc_win_rate']:.1f} / {by_it[i]['win_rate']:.1f}" if i in by_it else "-"
-                              for i in iterations)])
+        rows.append(
+            [
+                label,
+                *(
+                    f"{by_it[i]['lc_win_rate']:.1f} / {by_it[i]['win_rate']:.1f}" if i in by_it else "-"
+                    for i in iterations
+                ),
+            ]
+        )
     lines += _table(["run", *("seed DPO" if i == 0 else f"iter {i}" for i in iterations)], rows)
     for name in ("win_rate", "agreement", "length", "flagged"):
         lines += _image(name, plots, out_dir)

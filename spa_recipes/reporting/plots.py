@@ -15,8 +15,17 @@ from spa_recipes.reporting.collect import RunData, stage_iteration
 # Training-metric keys (spa_recipes.training.preference / loop) the plots read.
 FLAGGED, THRESHOLD = "flagged_fraction", "threshold"
 CHOSEN, REJECTED, MARGINS = "rewards_chosen", "rewards_rejected", "margins"
-STAGE_COLORS = {"split": "#999999", "sft": "#8c564b", "dpo": "#9467bd", "generate": "#1f77b4", "judge": "#ff7f0e",
-                "pairs": "#bcbd22", "train": "#d62728", "eval": "#2ca02c", "other": "#7f7f7f"}
+STAGE_COLORS = {
+    "split": "#999999",
+    "sft": "#8c564b",
+    "dpo": "#9467bd",
+    "generate": "#1f77b4",
+    "judge": "#ff7f0e",
+    "pairs": "#bcbd22",
+    "train": "#d62728",
+    "eval": "#2ca02c",
+    "other": "#7f7f7f",
+}
 
 
 def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (7.0, 4.2)) -> tuple[Any, Any]:
@@ -49,8 +58,10 @@ def _iteration_axis(ax: Any, iterations: list[int]) -> None:
 def _smooth(values: list[float], window: int) -> list[float]:
     """Centred moving average (per-step values from one small batch are noisy); shorter at the ends."""
     half = window // 2
-    return [sum(values[max(k - half, 0) : k + half + 1]) / len(values[max(k - half, 0) : k + half + 1])
-            for k in range(len(values))]
+    return [
+        sum(values[max(k - half, 0) : k + half + 1]) / len(values[max(k - half, 0) : k + half + 1])
+        for k in range(len(values))
+    ]
 
 
 def _stage_series(
@@ -67,16 +78,28 @@ def _stage_series(
     return out
 
 
-def _steps_panel(ax: Any, series: list[tuple[str, list[int], list[float]]], *, scale: float = 1.0,
-                 smooth: bool = True, colors: dict[str, Any] | None = None, label_suffix: str = "") -> None:
+def _steps_panel(
+    ax: Any,
+    series: list[tuple[str, list[int], list[float]]],
+    *,
+    scale: float = 1.0,
+    smooth: bool = True,
+    colors: dict[str, Any] | None = None,
+    label_suffix: str = "",
+) -> None:
     """Raw per-step values (faint) and their moving average (bold), one colour per stage, boundaries dotted."""
     for k, (stage, steps, values) in enumerate(series):
         color = (colors or {}).get(stage, f"C{k}")
         values = [v * scale for v in values]
         if smooth and len(values) > 10:
             ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-            ax.plot(steps, _smooth(values, max(len(values) // 15, 3)), color=color, linewidth=1.8,
-                    label=f"{stage}{label_suffix}")
+            ax.plot(
+                steps,
+                _smooth(values, max(len(values) // 15, 3)),
+                color=color,
+                linewidth=1.8,
+                label=f"{stage}{label_suffix}",
+            )
         else:
             ax.plot(steps, values, color=color, linewidth=1.5, label=f"{stage}{label_suffix}")
         if k:
@@ -95,8 +118,14 @@ def plot_win_rate(data: RunData, path: Path) -> Path | None:
     fig, axes = _figure()
     ax = axes[0][0]
     its = [m["iteration"] for m in models]
-    ax.errorbar(its, [m["win_rate"] for m in models], yerr=[m["win_rate_se"] for m in models], marker="o",
-                capsize=3, label="win rate (± 1 s.e.)")
+    ax.errorbar(
+        its,
+        [m["win_rate"] for m in models],
+        yerr=[m["win_rate_se"] for m in models],
+        marker="o",
+        capsize=3,
+        label="win rate (± 1 s.e.)",
+    )
     ax.plot(its, [m["lc_win_rate"] for m in models], marker="s", linestyle="--", label="length-controlled win rate")
     baseline = data.results["baseline"]
     ax.axhline(50, color="black", linewidth=1, linestyle=":", label=f"{baseline} (baseline) = 50")
@@ -204,13 +233,23 @@ def plot_length(data: RunData, path: Path) -> Path | None:
     its = [m["iteration"] for m in models]
     if models:
         left.plot(its, [m["mean_words"] for m in models], marker="o", label="evaluation responses")
-        left.axhline(models[0]["baseline_mean_words"], color="black", linestyle=":", linewidth=1,
-                     label=f"{data.results['baseline']} (baseline), evaluation")
+        left.axhline(
+            models[0]["baseline_mean_words"],
+            color="black",
+            linestyle=":",
+            linewidth=1,
+            label=f"{data.results['baseline']} (baseline), evaluation",
+        )
     if data.generation:
         # iter{i}_generate samples from model i-1: plot it at that model's position.
         gen = sorted((i - 1, s["mean_words"]) for i, s in data.generation.items() if "mean_words" in s)
-        left.plot([g[0] for g in gen], [g[1] for g in gen], marker="^", linestyle="--",
-                  label="its samples for the next iteration")
+        left.plot(
+            [g[0] for g in gen],
+            [g[1] for g in gen],
+            marker="^",
+            linestyle="--",
+            label="its samples for the next iteration",
+        )
     all_its = sorted(set(its) | {i - 1 for i in data.generation})
     _iteration_axis(left, all_its)
     left.set_ylabel("mean response length (words)")
@@ -221,8 +260,13 @@ def plot_length(data: RunData, path: Path) -> Path | None:
         bars = right.bar(its, gaps, color=["C3" if g > 0 else "C2" for g in gaps])
         for bar, m in zip(bars, models, strict=True):
             extra = m["mean_words"] - m["baseline_mean_words"]
-            right.annotate(f"{extra:+.1f} words", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                           ha="center", va="bottom" if bar.get_height() >= 0 else "top", fontsize=8)
+            right.annotate(
+                f"{extra:+.1f} words",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom" if bar.get_height() >= 0 else "top",
+                fontsize=8,
+            )
         right.axhline(0, color="black", linewidth=0.8)
         right.margins(y=0.12)  # room for the labels
         _iteration_axis(right, its)
@@ -298,8 +342,7 @@ def _per_model(ax: Any, runs: list[tuple[str, RunData]], key: str) -> list[int]:
     for k, (label, data) in enumerate(runs):
         models = data.results["models"]
         if models:
-            ax.plot([m["iteration"] for m in models], [m[key] for m in models], marker="o", color=f"C{k}",
-                    label=label)
+            ax.plot([m["iteration"] for m in models], [m[key] for m in models], marker="o", color=f"C{k}", label=label)
             its |= {m["iteration"] for m in models}
     return sorted(its)
 
@@ -336,24 +379,29 @@ def plot_compare(runs: list[tuple[str, RunData]], out_dir: Path) -> dict[str, Pa
         its = _per_model(ax, runs, "mean_words")
         for k, (_, data) in enumerate(runs):
             if data.results["models"]:
-                ax.axhline(data.results["models"][0]["baseline_mean_words"], color=f"C{k}", linestyle=":",
-                           linewidth=1)
+                ax.axhline(data.results["models"][0]["baseline_mean_words"], color=f"C{k}", linestyle=":", linewidth=1)
         _iteration_axis(ax, its)
         ax.set_ylabel("mean response length (words)")
         ax.set_title("evaluation response length per run (dotted: its baseline)")
         ax.legend(loc="best", fontsize=8)
         written["length"] = _save(fig, out_dir / "length.png")
 
-    agreement = [(label, [r for r in d.results["iterations"] if r.get("agreement_with_gold") is not None])
-                 for label, d in runs]
+    agreement = [
+        (label, [r for r in d.results["iterations"] if r.get("agreement_with_gold") is not None]) for label, d in runs
+    ]
     if any(rows for _, rows in agreement):
         fig, axes = _figure(size=(7.5, 4.5))
         ax = axes[0][0]
         its: set[int] = set()
         for k, (label, rows) in enumerate(agreement):
             if rows:
-                ax.plot([r["iteration"] for r in rows], [r["agreement_with_gold"] for r in rows], marker="o",
-                        color=f"C{k}", label=label)
+                ax.plot(
+                    [r["iteration"] for r in rows],
+                    [r["agreement_with_gold"] for r in rows],
+                    marker="o",
+                    color=f"C{k}",
+                    label=label,
+                )
                 its |= {r["iteration"] for r in rows}
         ax.axhline(50, color="black", linewidth=1, linestyle=":", label="chance = 50")
         ax.set_xticks(sorted(its), [f"iter {i}" for i in sorted(its)])

@@ -195,20 +195,24 @@ class RulePrompts:
         while len(rows) < self.cfg.num_prompts:
             attempts += 1
             if attempts > 50 * self.cfg.num_prompts:
-                raise DataError(f"rule_prompts: cannot make {self.cfg.num_prompts} distinct prompts from "
-                                f"tasks {self.cfg.tasks} and rules {self.cfg.rules}; ask for fewer")
+                raise DataError(
+                    f"rule_prompts: cannot make {self.cfg.num_prompts} distinct prompts from "
+                    f"tasks {self.cfg.tasks} and rules {self.cfg.rules}; ask for fewer"
+                )
             question = TASKS[rng.choice(self.cfg.tasks)][0](rng)
             rule = RULES[rng.choice(self.cfg.rules)]
             content = f"{question.text} {rule.instruction}"
             if content in seen:
                 continue
             seen.add(content)
-            rows.append({
-                "id": f"rule-{len(rows):05d}",
-                "prompt": [{"role": "user", "content": content}],
-                "chosen": rule.apply(question.plain),
-                "rejected": question.plain,
-            })
+            rows.append(
+                {
+                    "id": f"rule-{len(rows):05d}",
+                    "prompt": [{"role": "user", "content": content}],
+                    "chosen": rule.apply(question.plain),
+                    "rejected": question.plain,
+                }
+            )
         return rows
 
 

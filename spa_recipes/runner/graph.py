@@ -57,40 +57,85 @@ def build_graph(recipe: Recipe) -> list[Stage]:
     seed = recipe.run.seed
     split = r["split"]
     stages = [
-        Stage("split", "split", [], config={"data": r["data"], "data_file": _file_identity(r["data"]), "split": split,
-                                            "iterations": t, "seed": seed},
-              sizes=f"seed {split['seed_size']} pairs, {t} x {split['prompts_per_iteration']} prompts, "
-                    f"{split['eval_holdout']} eval prompts"),
+        Stage(
+            "split",
+            "split",
+            [],
+            config={
+                "data": r["data"],
+                "data_file": _file_identity(r["data"]),
+                "split": split,
+                "iterations": t,
+                "seed": seed,
+            },
+            sizes=f"seed {split['seed_size']} pairs, {t} x {split['prompts_per_iteration']} prompts, "
+            f"{split['eval_holdout']} eval prompts",
+        ),
     ]
     sft = sft_model(recipe)
     if recipe.training.sft is not None:
-        stages.append(Stage("sft", "sft", [], model=f"models.base ({recipe.models.base.name})",
-                            config={"data": r["data"], "base": r["models"]["base"], "training": r["training"]["sft"],
-                                    "seed": seed},
-                            sizes=f"{getattr(recipe.data.args, 'sft_demonstrations', '?')} demonstrations"))
+        stages.append(
+            Stage(
+                "sft",
+                "sft",
+                [],
+                model=f"models.base ({recipe.models.base.name})",
+                config={"data": r["data"], "base": r["models"]["base"], "training": r["training"]["sft"], "seed": seed},
+                sizes=f"{getattr(recipe.data.args, 'sft_demonstrations', '?')} demonstrations",
+            )
+        )
     sft_inputs = ["sft"] if recipe.training.sft is not None else []
     models = {"dtype": r["models"]["dtype"], "sft": r["models"]["sft"], "tokenizer": r["models"]["tokenizer"]}
     previous = sft
     if recipe.training.seed is not None:
-        stages.append(Stage("seed_dpo", "dpo", ["split", *sft_inputs], model=sft, reference=sft,
-                            config={"training": r["training"]["seed"], "loss": r["loss"], "models": models,
-                                    "seed": seed},
-                            sizes=f"{split['seed_size']} labelled pairs"))
+        stages.append(
+            Stage(
+                "seed_dpo",
+                "dpo",
+                ["split", *sft_inputs],
+                model=sft,
+                reference=sft,
+                config={"training": r["training"]["seed"], "loss": r["loss"], "models": models, "seed": seed},
+                sizes=f"{split['seed_size']} labelled pairs",
+            )
+        )
         previous = "seed_dpo"
     judge_inputs = []
     if r["judge"].get("train_on_seed"):  # an external judge trained once on the seed labels, then fixed
-        stages.append(Stage("judge_train", "judge_train", ["split", *sft_inputs], model=sft,
-                            config={"judge": r["judge"], "models": models, "seed": seed,
-                                    "training": _lengths(r["training"]["iteration"])},
-                            sizes=f"{split['seed_size']} labelled pairs"))
+        stages.append(
+            Stage(
+                "judge_train",
+                "judge_train",
+                ["split", *sft_inputs],
+                model=sft,
+                config={
+                    "judge": r["judge"],
+                    "models": models,
+                    "seed": seed,
+                    "training": _lengths(r["training"]["iteration"]),
+                },
+                sizes=f"{split['seed_size']} labelled pairs",
+            )
+        )
         judge_inputs = ["judge_train"]
     evaluation = {"evaluation": r["evaluation"], "generation": r["generation"], "models": models, "seed": seed}
     if recipe.evaluation.evaluator is not None:
-        stages.append(Stage("eval_baseline", "eval_baseline", ["split", *sft_inputs], model=sft, config=evaluation,
-                            sizes=f"{split['eval_holdout']} prompts"))
+        stages.append(
+            Stage(
+                "eval_baseline",
+                "eval_baseline",
+                ["split", *sft_inputs],
+                model=sft,
+                config=evaluation,
+                sizes=f"{split['eval_holdout']} prompts",
+            )
+        )
         if recipe.training.seed is not None:
-            stages.append(Stage("eval_seed_dpo", "eval", ["split", "seed_dpo", "eval_baseline"], model="seed_dpo",
-                                config=evaluation))
+            stages.append(
+                Stage(
+                    "eval_seed_dpo", "eval", ["split", "seed_dpo", "eval_baseline"], model="seed_dpo", config=evaluation
+                )
+            )
     for i in range(1, t + 1):
         prefix = f"iter{i}"
         model_inputs = [previous] if any(s.name == previous for s in stages) else []
@@ -99,28 +144,64 @@ def build_graph(recipe: Recipe) -> list[Stage]:
             r["judge"].get("reference", "sft"), sft
         )
         stages += [
-            Stage(f"{prefix}_generate", "generate", ["split", *model_inputs], i, model=previous,
-                  config={"generation": r["generation"], "models": models, "seed": seed, "iteration": i},
-                  sizes=f"{prompts} prompts x {r['generation']['samples_per_prompt']}"),
-            Stage(f"{prefix}_judge", "judge",
-                  [f"{prefix}_generate", *model_inputs, *_stages_among(judge_ref, stages), *judge_inputs],
-                  i, model=previous,
-                  reference=judge_ref if r["judge"]["name"] == "implicit" else r["judge"]["name"],
-                  config={"judge": r["judge"], "models": models, "training": _lengths(r["training"]["iteration"])}),
-            Stage(f"{prefix}_pairs", "pairs", [f"{prefix}_judge"], i,
-                  config={"pair_selector": r["pair_selector"], "seed": seed}),
-            Stage(f"{prefix}_train", "dpo", [f"{prefix}_pairs", *model_inputs], i, model=previous, reference=previous,
-                  config={"training": r["training"]["iteration"], "loss": r["loss"],
-                          "noise_detector": _detector_for(r["noise_detector"], i), "refiner": r["refiner"],
-                          "models": models, "seed": seed, "iteration": i}),
+            Stage(
+                f"{prefix}_generate",
+                "generate",
+                ["split", *model_inputs],
+                i,
+                model=previous,
+                config={"generation": r["generation"], "models": models, "seed": seed, "iteration": i},
+                sizes=f"{prompts} prompts x {r['generation']['samples_per_prompt']}",
+            ),
+            Stage(
+                f"{prefix}_judge",
+                "judge",
+                [f"{prefix}_generate", *model_inputs, *_stages_among(judge_ref, stages), *judge_inputs],
+                i,
+                model=previous,
+                reference=judge_ref if r["judge"]["name"] == "implicit" else r["judge"]["name"],
+                config={"judge": r["judge"], "models": models, "training": _lengths(r["training"]["iteration"])},
+            ),
+            Stage(
+                f"{prefix}_pairs",
+                "pairs",
+                [f"{prefix}_judge"],
+                i,
+                config={"pair_selector": r["pair_selector"], "seed": seed},
+            ),
+            Stage(
+                f"{prefix}_train",
+                "dpo",
+                [f"{prefix}_pairs", *model_inputs],
+                i,
+                model=previous,
+                reference=previous,
+                config={
+                    "training": r["training"]["iteration"],
+                    "loss": r["loss"],
+                    "noise_detector": _detector_for(r["noise_detector"], i),
+                    "refiner": r["refiner"],
+                    "models": models,
+                    "seed": seed,
+                    "iteration": i,
+                },
+            ),
         ]
         if recipe.evaluation.evaluator is not None:
-            stages.append(Stage(f"{prefix}_eval", "eval", ["split", f"{prefix}_train", "eval_baseline",
-                                                           f"{prefix}_pairs"], i, model=f"{prefix}_train",
-                                config=evaluation))
+            stages.append(
+                Stage(
+                    f"{prefix}_eval",
+                    "eval",
+                    ["split", f"{prefix}_train", "eval_baseline", f"{prefix}_pairs"],
+                    i,
+                    model=f"{prefix}_train",
+                    config=evaluation,
+                )
+            )
         previous = f"{prefix}_train"
-    stages.append(Stage("report", "report", [s.name for s in stages if s.kind in {"eval", "split", "pairs"}],
-                        config={}))
+    stages.append(
+        Stage("report", "report", [s.name for s in stages if s.kind in {"eval", "split", "pairs"}], config={})
+    )
     _fingerprint(stages)
     return stages
 

@@ -209,7 +209,10 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any]) -> None:
         (out / MARKER).unlink(missing_ok=True)
         write_text_atomic(fingerprint_file, stage.fingerprint)
         manifest["stages"][stage.name] = {
-            "fingerprint": stage.fingerprint, "status": "running", "started": started, "pid": os.getpid(),
+            "fingerprint": stage.fingerprint,
+            "status": "running",
+            "started": started,
+            "pid": os.getpid(),
         }
         write_json_atomic(ctx.run_dir / "manifest.json", manifest)
     _say(f"> {stage.name}{' (resuming)' if resumed else ''}")
@@ -224,8 +227,12 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any]) -> None:
     seconds = round(time.time() - started, 2)
     (out / MARKER).write_text("")
     manifest["stages"][stage.name] = {
-        "fingerprint": stage.fingerprint, "status": "done", "started": started, "finished": time.time(),
-        "seconds": seconds, "summary": summary,
+        "fingerprint": stage.fingerprint,
+        "status": "done",
+        "started": started,
+        "finished": time.time(),
+        "seconds": seconds,
+        "summary": summary,
     }
     write_json_atomic(ctx.run_dir / "manifest.json", manifest)
     for logger in ctx.loggers:
@@ -252,8 +259,15 @@ def stage_status(run_dir: Path, recipe: Recipe) -> list[dict[str, Any]]:
                 status = "done"
             elif entry.get("status") == "running":
                 status = "running" if _alive(entry.get("pid")) else "cut off"
-        rows.append({"stage": stage.name, "status": status, "seconds": entry.get("seconds"),
-                     "started": entry.get("started"), "finished": entry.get("finished")})
+        rows.append(
+            {
+                "stage": stage.name,
+                "status": status,
+                "seconds": entry.get("seconds"),
+                "started": entry.get("started"),
+                "finished": entry.get("finished"),
+            }
+        )
     return rows
 
 

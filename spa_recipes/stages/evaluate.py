@@ -51,11 +51,13 @@ def _generate(ctx: Any, stage: Stage, out: Path) -> list[dict[str, Any]]:
     """The model's responses to the hold-out prompts, with the evaluation's sampling settings."""
     recipe = ctx.recipe
     evaluation = recipe.evaluation
-    settings = recipe.generation.args.model_copy(update={
-        "samples_per_prompt": evaluation.samples_per_prompt,
-        "temperature": evaluation.temperature,
-        "max_new_tokens": evaluation.max_new_tokens or recipe.generation.args.max_new_tokens,
-    })
+    settings = recipe.generation.args.model_copy(
+        update={
+            "samples_per_prompt": evaluation.samples_per_prompt,
+            "temperature": evaluation.temperature,
+            "max_new_tokens": evaluation.max_new_tokens or recipe.generation.args.max_new_tokens,
+        }
+    )
     generator = ctx.build(recipe.generation, "generator", args=settings)
     prompts = read_jsonl(ctx.stage_dir("split") / "eval.jsonl")
     # The same sampling seed for every model: differences come from the models, not the draws.

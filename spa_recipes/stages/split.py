@@ -43,15 +43,22 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
     disjoint = len(ids) == len(set(ids)) and len({repr(r["prompt"]) for r in rows[:needed]}) == needed
     if not disjoint:
         raise DataError("split: seed, iteration and eval sets overlap")  # a bug if ever seen: rows are deduplicated
-    write_jsonl_atomic(out / "seed.jsonl", [
-        {"id": r["id"], "prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in seed_rows
-    ])
+    write_jsonl_atomic(
+        out / "seed.jsonl",
+        [{"id": r["id"], "prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in seed_rows],
+    )
     for i, prompts in enumerate(prompt_sets, start=1):
         write_jsonl_atomic(out / f"prompts_{i}.jsonl", prompts)
     write_jsonl_atomic(out / "eval.jsonl", eval_rows)
     stats = {
-        "rows": n + sum(skipped.values()), "usable": n, "skipped": dict(skipped), "seed": n_seed,
-        "prompts_per_iteration": n_iter, "eval": n_eval, "unused": n - needed, "disjoint": disjoint,
+        "rows": n + sum(skipped.values()),
+        "usable": n,
+        "skipped": dict(skipped),
+        "seed": n_seed,
+        "prompts_per_iteration": n_iter,
+        "eval": n_eval,
+        "unused": n - needed,
+        "disjoint": disjoint,
     }
     write_json_atomic(out / "stats.json", stats)
     return {"seed_pairs": n_seed, "prompts": sum(n_iter), "eval_prompts": n_eval, "skipped": sum(skipped.values())}
@@ -88,8 +95,12 @@ def _problem(row: Any) -> str | None:
     if not isinstance(row.get("id"), str) or not row["id"]:
         return "missing id"
     prompt = row.get("prompt")
-    if not isinstance(prompt, list) or not prompt or not all(
-        isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in prompt
+    if (
+        not isinstance(prompt, list)
+        or not prompt
+        or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in prompt
+        )
     ):
         return "malformed prompt"
     if not any(m["content"].strip() for m in prompt):
