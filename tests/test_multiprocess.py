@@ -43,58 +43,29 @@ FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp.yaml"
 TRAINED = ("sft", "seed_dpo", "iter1_train")
 
 
-def launch(nproc: int, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``spa-recipe run`` of the quality recipe, under torchrun when ``nproc > 1``."""
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] if nproc > 1 else []
+def run_tiny(prefix: list[str], out: Path, args: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess:
+    """``run`` of tiny_spa.yaml with ``args`` into ``out/t``, started by ``prefix`` (the CLI, maybe launched)."""
     return subprocess.run(
-        [
-            sys.executable,
-            *launcher,
-            "-m",
-            "spa_recipes",
-            "run",
-            str(TINY),
-            *QUALITY,
-            f"run.output_dir={out}",
-            "run.name=t",
-            "--no-progress",
-            *extra,
-        ],
+        [*prefix, "run", str(TINY), *args, f"run.output_dir={out}", "run.name=t", "--no-progress"],
         capture_output=True,
         text=True,
         cwd=ROOT,
         env={**os.environ, **ENV, **(env or {})},
         timeout=300,
     )
+
+
+def launch(nproc: int, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``spa-recipe run`` of the quality recipe, under torchrun when ``nproc > 1``."""
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] if nproc > 1 else []
+    return run_tiny([sys.executable, *launcher, "-m", "spa_recipes"], out, [*QUALITY, *extra], env)
 
 
 def launch_fsdp(out: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``accelerate launch`` of the shipped FSDP config with 2 processes (fp32: no GPU here)."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(FSDP_CONFIG),
-            "--num_processes",
-            "2",
-            "--mixed_precision",
-            "no",
-            str(ROOT / "tests" / "fsdp_on_cpu.py"),
-            "run",
-            str(TINY),
-            *overrides,
-            f"run.output_dir={out}",
-            "run.name=t",
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **ENV, **(env or {})},
-        timeout=300,
-    )
+    accelerate = ["-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG), "--num_processes", "2"]
+    prefix = [sys.executable, *accelerate, "--mixed_precision", "no", str(ROOT / "tests" / "fsdp_on_cpu.py")]
+    return run_tiny(prefix, out, list(overrides), env)
 
 
 def weights(model_dir: Path) -> dict:
