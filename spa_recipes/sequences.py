@@ -188,6 +188,22 @@ def response_logits_to_keep(labels: torch.Tensor) -> int:
     return width - max(first - 1, 0)
 
 
+def response_logits(
+    model: Any, batch: dict[str, torch.Tensor], *, trim: bool, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A forward pass over a collated batch: its logits, and the labels aligned with them.
+
+    With ``trim`` (for a model that :func:`takes_logits_to_keep`) the logits start at the position before
+    the batch's earliest response token (:func:`response_logits_to_keep`) and the labels are cut to match,
+    so :func:`sequence_logps_from_logits` and :func:`shift_for_logps` work on them unchanged.
+    ``kwargs`` go to the model (e.g. ``use_cache=False``).
+    """
+    if trim:
+        kwargs["logits_to_keep"] = response_logits_to_keep(batch["labels"])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
+    return logits, batch["labels"][:, batch["labels"].shape[1] - logits.shape[1] :]
+
+
 @torch.no_grad()
 def score_encoded(
     model: Any,
@@ -221,11 +237,8 @@ def score_encoded(
     for indices in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_token_id).items()}
         # No KV cache: nothing is generated after this pass, and building one costs ~3% of it.
-        extra: dict[str, Any] = {"use_cache": False}
-        if trims:
-            extra["logits_to_keep"] = response_logits_to_keep(batch["labels"])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
-        lp, n = sequence_logps_from_logits(logits, batch["labels"][:, batch["labels"].shape[1] - logits.shape[1] :])
+        logits, labels = response_logits(model, batch, trim=trims, use_cache=False)
+        lp, n = sequence_logps_from_logits(logits, labels)
         del logits  # not alive next to the next batch's logits (with a large vocabulary, the biggest tensor)
         where = torch.tensor(indices)
         logps[where] = lp.cpu()

@@ -32,7 +32,7 @@ from spa_recipes.sequences import (
     encode_response,
     join_prompt_response,
     length_sorted_batches,
-    response_logits_to_keep,
+    response_logits,
     score_encoded,
     sequence_logps_from_logits,
     shift_for_logps,
@@ -241,17 +241,12 @@ def train_preference(
             batch = {k: v.to(accelerator.device) for k, v in collate([rows[i] for i in group], pad_id).items()}
             # Logits (and their gradient) only from the pass's first response position on: the LM head
             # skips the prompt positions all its rows share.
-            keep = response_logits_to_keep(batch["labels"]) if trims else 0
-            extra = {"logits_to_keep": keep} if trims else {}
-            labels = batch["labels"][:, batch["labels"].shape[1] - keep :] if trims else batch["labels"]
             with accelerator.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
+                logits, labels = response_logits(model, batch, trim=trims)
             parts[0].append(sequence_logps_from_logits(logits, labels)[0])
             if extrapolate:
                 with torch.no_grad(), accelerator.autocast():
-                    ref_logits = ref_model(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra
-                    ).logits
+                    ref_logits, _ = response_logits(ref_model, batch, trim=trims)
                 parts[1].append(sequence_logps_from_logits(ref_logits, labels)[0])
                 shifted, targets, mask = shift_for_logps(logits.detach(), labels)
                 parts[2].append(extrapolated_sequence_logps(shifted, ref_logits[:, :-1], targets, mask, lam))

@@ -20,7 +20,7 @@ from spa_recipes.sequences import (
     encode_prompt,
     encode_response,
     join_prompt_response,
-    response_logits_to_keep,
+    response_logits,
     shift_for_logps,
     takes_logits_to_keep,
 )
@@ -83,11 +83,8 @@ def train_sft(
     def compute(model: Any, indices: list[int], step: int, total_steps: int) -> MicroBatch:
         batch = {k: v.to(accelerator.device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
         # Logits only from the batch's first response position on, and the loss only on response tokens.
-        keep = response_logits_to_keep(batch["labels"]) if trims else 0
-        extra = {"logits_to_keep": keep} if trims else {}
         with accelerator.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
-        labels = batch["labels"][:, batch["labels"].shape[1] - logits.shape[1] :]
+            logits, labels = response_logits(model, batch, trim=trims)
         shifted, targets, mask = shift_for_logps(logits, labels)
         loss = F.cross_entropy(shifted[mask].float(), targets[mask], reduction="sum") / mask.sum().clamp(min=1)
         return MicroBatch(
