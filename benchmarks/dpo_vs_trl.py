@@ -87,7 +87,6 @@ def run_ours(model: str, pairs: list[dict], args: argparse.Namespace, tmp: Path)
         lam=0.0,
         seed=0,
         dtype="float32",
-        mixed_precision="no",
         progress=False,
     )
     return time.perf_counter() - start

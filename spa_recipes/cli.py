@@ -72,10 +72,20 @@ def _load(recipe: Path, overrides: list[str] | None, allow_import: list[str] | N
 
 
 @app.command()
-def validate(recipe: RecipeArg, overrides: OverridesArg = None, allow_import: AllowImportOpt = None) -> None:
+def validate(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    allow_import: AllowImportOpt = None,
+    processes: Annotated[
+        int | None,
+        typer.Option("--processes", min=1, help="check for a launch of N processes (default: WORLD_SIZE, else 1)"),
+    ] = None,
+) -> None:
     """Check a recipe completely (keys, types, components, plugins) without loading any model."""
     with _guard():
-        loaded = _load(recipe, overrides, allow_import)
+        from spa_recipes.recipe import load_recipe
+
+        loaded = load_recipe(recipe, overrides or [], allow_import=allow_import or [], num_processes=processes)
         typer.echo(f"ok: {recipe} (run '{loaded.run.name}', {loaded.iterations} iterations)")
 
 

@@ -55,20 +55,41 @@ def load_model(
 
 
 def save_model(
-    model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], state_dict: dict[str, torch.Tensor] | None = None
+    model: Any,
+    tokenizer: Any,
+    out_dir: str | os.PathLike[str],
+    state_dict: dict[str, torch.Tensor] | None = None,
+    dtype: str | None = None,
 ) -> None:
     """``save_pretrained`` of model, tokenizer and generation config into ``out_dir``.
 
-    ``state_dict`` replaces the model's own weights (the gathered full weights of a sharded model).
-    Writes into ``out_dir`` directly; callers make it atomic by writing to a temporary folder and renaming.
+    Args:
+        model: the model (its config and class; its weights unless ``state_dict`` is given).
+        tokenizer: saved beside it.
+        out_dir: written into directly; callers make it atomic by writing to a temporary folder and renaming.
+        state_dict: replaces the model's own weights (the gathered full weights of a sharded model).
+        dtype: the recipe's ``models.dtype``: floating weights are written in it (a model trained with
+            float32 master weights is saved in 16 bits, as it was loaded). None: as they are.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if state_dict is None and dtype is not None:
+        state_dict = model.state_dict()
     if state_dict is not None:
         # Gathered tensors no longer share storage, so save_pretrained cannot see tied weights (an LM head
         # tied to the embeddings): keep the first name of each shared parameter, as named_parameters() does.
         named = {n for n, _ in model.named_parameters()}
         aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - named
         state_dict = {k: v for k, v in state_dict.items() if k not in aliases}
+    if dtype is not None:
+        target = resolve_dtype(dtype)
+        state_dict = {k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}
     model.save_pretrained(out, state_dict=state_dict)
+    if dtype is not None:
+        # save_pretrained writes the dtype of the model in memory (float32 master weights); the config must
+        # name the dtype of the weights on disk, which loaders with dtype="auto" (and vLLM) go by.
+        kept = model.config.dtype
+        model.config.dtype = target
+        model.config.save_pretrained(out)
+        model.config.dtype = kept
     tokenizer.save_pretrained(out)

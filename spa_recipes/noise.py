@@ -1,8 +1,10 @@
 """Noise detectors: which preference pairs look mislabelled (SPEC.md, "Which pairs are noisy").
 
-A detector sees the confidence margins ``beta * Delta_conf`` of the pairs of one micro-batch and
-returns a bool per pair (True: flagged as noisy). ``confidence`` says which margin the trainer feeds
-it: ``"policy"`` (the policy's own log-probs) or ``"extrapolated"`` (DND: ``(1+lambda) h_t - lambda h_ref``).
+A detector sees the confidence margins ``beta * Delta_conf`` of a set of pairs and returns a bool per pair
+(True: flagged as noisy). ``confidence`` says which margin the trainer feeds it: ``"policy"`` (the policy's own
+log-probs) or ``"extrapolated"`` (DND: ``(1+lambda) h_t - lambda h_ref``). ``scope`` says which set:
+``"micro_batch"`` (each micro-batch as it is trained on) or ``"optimizer_step"`` (all pairs of one optimiser
+step, every micro-batch of its gradient accumulation; the trainer computes their margins first).
 Detectors carry state across steps only where the rule needs it (the rolling window); ``state_dict`` /
 ``load_state_dict`` make a resumed run flag exactly what an uninterrupted one would.
 """
@@ -24,6 +26,7 @@ from spa_recipes.builtins import (
 from spa_recipes.errors import UserError
 
 Confidence = Literal["policy", "extrapolated"]
+Scope = Literal["micro_batch", "optimizer_step"]
 
 
 def lambda_for_iteration(cfg: Any, iteration: int) -> float:
@@ -62,6 +65,7 @@ class NoNoiseDetector:
 
     def __init__(self, cfg: NoneDetectorConfig | None = None, **_context: Any) -> None:
         self.confidence: Confidence = "policy"
+        self.scope: Scope = "micro_batch"
         self.threshold = 0.0
 
     def flag(self, margins: torch.Tensor, accelerator: Any = None) -> torch.Tensor:
@@ -80,14 +84,15 @@ class RollingQuantileDetector:
 
     For each micro-batch the threshold comes from the window as it was BEFORE this batch: with
     ``n = floor(k * window)``, the mean of the sorted window's entries ``n`` and ``n + 1`` (0-based;
-    ``k = 0.1, window = 50``: the 6th and 7th smallest). A pair is flagged when its margin is strictly
-    below the threshold. Then the batch's margins are appended (oldest dropped).
+    ``k = 0.1, window = 50``: the 6th and 7th smallest). A pair is flagged when its margin is at or
+    below the threshold (the released code keeps ``c = margin > threshold``). Then the batch's margins are
+    appended (oldest dropped).
 
     Before the window holds ``window`` values the threshold is 0 (SPEC.md: "before the window fills
-    the threshold is 0"), and the same strict rule applies: pairs whose margin is negative ARE flagged
-    during that phase. ``until_full: flag_nothing`` flags nothing until the window is full instead.
-    (At the very first step the policy equals its reference, every margin is 0, and
-    nothing is flagged.) Under DDP each process keeps its own window and flags its own pairs, as the
+    the threshold is 0"), and the same rule applies: pairs whose margin is 0 or negative ARE flagged
+    during that phase (at the very first step the policy equals its reference and every margin is about 0;
+    the refiner's warm-up keeps such early flags from changing the loss). ``until_full: flag_nothing``
+    flags nothing until the window is full instead. Under DDP each process keeps its own window and flags its own pairs, as the
     released code does; the accelerator is not used.
 
     Args:
@@ -99,6 +104,7 @@ class RollingQuantileDetector:
         self.window = int(cfg.window)
         self.confidence: Confidence = cfg.confidence
         self.until_full = cfg.until_full
+        self.scope: Scope = "micro_batch"
         self.threshold = 0.0
         self._values: deque[float] = deque(maxlen=self.window)
 
@@ -114,7 +120,7 @@ class RollingQuantileDetector:
         """Flag this process's pairs against the previous window, then add their margins to it."""
         self.threshold = self.current_threshold()
         values = margins.detach().float()
-        flags = values < self.threshold
+        flags = values <= self.threshold
         if self.until_full == "flag_nothing" and len(self._values) < self.window:
             flags = torch.zeros_like(flags)
         self._values.extend(values.cpu().tolist())
@@ -129,10 +135,11 @@ class RollingQuantileDetector:
 
 
 class BatchQuantileDetector:
-    """The paper's reading: exactly the ``floor(k * n)`` least-confident pairs of each global batch.
+    """The paper's reading: exactly the ``floor(k * n)`` least-confident pairs of each optimiser batch.
 
-    ``n`` counts the pairs of the micro-batch on all processes together (gathered with
-    ``accelerator.gather`` when there is more than one). Ties are broken by position (a stable sort
+    ``n`` counts the pairs of one optimiser step: every micro-batch of its gradient accumulation (the
+    trainer hands them over together), on all processes (gathered with ``accelerator.gather`` when there
+    is more than one). Validation rejects a layout where ``floor(k * n)`` is 0. Ties are broken by position (a stable sort
     over process 0's pairs, then process 1's, ...), so exactly ``floor(k * n)`` pairs are flagged.
     ``threshold`` (for logging) is the midpoint between the largest flagged and the smallest unflagged
     margin; with nothing flagged, the smallest margin.
@@ -144,10 +151,11 @@ class BatchQuantileDetector:
     def __init__(self, cfg: BatchQuantileConfig | QuantileDetectorConfig, **_context: Any) -> None:
         self.k = float(cfg.k)
         self.confidence: Confidence = cfg.confidence
+        self.scope: Scope = "optimizer_step"
         self.threshold = 0.0
 
     def flag(self, margins: torch.Tensor, accelerator: Any = None) -> torch.Tensor:
-        """Flag the bottom ``floor(k * n)`` of the global batch; return this process's flags."""
+        """Flag the bottom ``floor(k * n)`` of the optimiser batch; return this process's flags."""
         local = margins.detach().float()
         if accelerator is not None and accelerator.num_processes > 1:
             everything, offset = _gather_uneven(local, accelerator)

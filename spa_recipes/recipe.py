@@ -412,9 +412,9 @@ def _resolve_components(
     return problems
 
 
-def _cross_checks(recipe: Recipe) -> list[str]:
-    """Rules that involve more than one section."""
-    problems = []
+def _cross_checks(recipe: Recipe, num_processes: int) -> list[str]:
+    """Rules that involve more than one section (and the launch's process count)."""
+    problems = _flagging_batch(recipe, num_processes)
     t = recipe.iterations
     per_iteration = recipe.split.prompts_per_iteration
     if isinstance(per_iteration, list) and len(per_iteration) != t and t > 0:
@@ -443,8 +443,41 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     return problems
 
 
-def validate(data: dict[str, Any], *, sources: _Sources | None = None, allow_import: Sequence[str] = ()) -> Recipe:
+def _flagging_batch(recipe: Recipe, num_processes: int) -> list[str]:
+    """A bottom-K% detector over the optimiser batch must be able to flag at least one pair."""
+    from spa_recipes.builtins import BatchQuantileConfig
+
+    detector = recipe.noise_detector.args
+    if recipe.iterations == 0 or not isinstance(detector, BatchQuantileConfig):
+        return []
+    t = recipe.training.iteration
+    batch = t.batch_size * t.gradient_accumulation_steps * num_processes
+    if int(detector.k * batch + 1e-9) > 0:
+        return []
+    processes = f"{num_processes} process" + ("es" if num_processes > 1 else "")
+    return [
+        f"noise_detector.k: {detector.k:g} of an optimiser batch of {batch} pairs (training.iteration.batch_size "
+        f"{t.batch_size} x gradient_accumulation_steps {t.gradient_accumulation_steps} x {processes}) flags "
+        f"floor({detector.k * batch:g}) = 0 pairs; raise the batch or k, or launch more processes"
+    ]
+
+
+def launched_processes() -> int:
+    """The process count of the launch this process belongs to (``WORLD_SIZE`` of torchrun/accelerate), else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def validate(
+    data: dict[str, Any],
+    *,
+    sources: _Sources | None = None,
+    allow_import: Sequence[str] = (),
+    num_processes: int | None = None,
+) -> Recipe:
     """Validate a resolved recipe dict; components are resolved against the registry.
+
+    ``num_processes`` (default: :func:`launched_processes`) is the launch the recipe is checked for: the
+    optimiser batch is ``batch_size x gradient_accumulation_steps x num_processes``.
 
     Raises:
         RecipeError: every problem found, one line each, naming its dotted key.
@@ -460,14 +493,18 @@ def validate(data: dict[str, Any], *, sources: _Sources | None = None, allow_imp
     if not problems:
         problems = _resolve_components(_component_specs(recipe), sources, allowed)
     if not problems:
-        problems = _cross_checks(recipe)
+        problems = _cross_checks(recipe, num_processes or launched_processes())
     if problems:
         raise RecipeError(problems)
     return recipe
 
 
 def load_recipe(
-    path: str | os.PathLike[str], overrides: Sequence[str] = (), *, allow_import: Sequence[str] = ()
+    path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    allow_import: Sequence[str] = (),
+    num_processes: int | None = None,
 ) -> Recipe:
     """Load, merge, override, resolve and validate a recipe file.
 
@@ -475,6 +512,7 @@ def load_recipe(
         path: the recipe YAML.
         overrides: ``key.sub=value`` or ``~key`` strings, applied last.
         allow_import: module prefixes whose ``module:Class`` paths a recipe may name as components.
+        num_processes: the launch to check the batch layout for (default: this launch's ``WORLD_SIZE``).
 
     Raises:
         RecipeError: one line per problem, each naming the file, line or dotted key.
@@ -483,7 +521,7 @@ def load_recipe(
     sources = _Sources()
     cfg = _read_layer(Path(path).resolve(), sources, ())
     cfg = _apply_overrides(cfg, overrides, sources)
-    return validate(_resolve(cfg), sources=sources, allow_import=allow_import)
+    return validate(_resolve(cfg), sources=sources, allow_import=allow_import, num_processes=num_processes)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -60,7 +60,11 @@ class ModelsSection(Section):
     base: ComponentSpec | None = Field(None, description="model the `sft` stage fine-tunes (kind: model)")
     tokenizer: str | None = Field(None, description="tokenizer folder or hub id, when not the model's own")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on a GPU that has it, float32 on CPU"
+        "auto",
+        description="precision of the run (auto: bfloat16 on a GPU that has it, float32 on CPU). Frozen models "
+        "(DPO reference, judges, generation) load in it and trained models are saved in it; with a 16-bit dtype "
+        "a model in training keeps float32 master weights and AdamW state (16 bytes a parameter) and computes "
+        "its forward and backward in the 16-bit type (mixed precision)",
     )
     trust_remote_code: bool = False
 
@@ -100,6 +104,11 @@ class TrainingSection(Section):
         False,
         description="batch examples of similar length together (less padding, faster); the batches are still "
         "drawn in random order",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="keep only each layer's input in the forward and recompute the rest in the backward: "
+        "activation memory of about one layer instead of all, for about a third more compute",
     )
     max_grad_norm: float | None = Field(1.0, description="gradient clipping; null turns it off")
     weight_decay: float = Field(0.0, ge=0.0)
@@ -143,12 +152,6 @@ class LoggingSection(Section):
     )
 
 
-class DistributedSection(Section):
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on a GPU that has it, none on CPU"
-    )
-
-
 class Recipe(Section):
     """A whole SPA experiment."""
 
@@ -166,7 +169,6 @@ class Recipe(Section):
     iterations: int = Field(3, ge=0, description="SPA iterations T (paper 3, released script 2)")
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
-    distributed: DistributedSection = Field(default_factory=DistributedSection)
 
 
 # Which component kind each component section takes. One place for the mapping.

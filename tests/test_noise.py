@@ -21,7 +21,8 @@ def released_rule(batches: list[list[float]], window: int = 50) -> tuple[list[fl
     """A literal reimplementation of the released code's rule (k = 10%, window 50).
 
     For each batch: the threshold is the mean of the 6th and 7th smallest of the previous 50 margins,
-    or 0 while fewer than 50 have been seen; a pair is flagged when its margin is below it; then the
+    or 0 while fewer than 50 have been seen; a pair is flagged when its margin is at or below it (the code
+    keeps ``c = margin > threshold``); then the
     batch's margins join the window.
     """
     seen: list[float] = []
@@ -33,7 +34,7 @@ def released_rule(batches: list[list[float]], window: int = 50) -> tuple[list[fl
         else:
             threshold = 0.0
         thresholds.append(threshold)
-        flags.append([m < threshold for m in batch])
+        flags.append([m <= threshold for m in batch])
         seen.extend(batch)
     return thresholds, flags
 
@@ -59,7 +60,7 @@ def test_rolling_quantile_before_the_window_fills_threshold_is_zero() -> None:
     detector = RollingQuantileDetector(RollingQuantileConfig(window=10))
     flags = detector.flag(torch.tensor([0.0, -0.5, 0.2, -1e-6]))
     assert detector.threshold == 0.0
-    assert flags.tolist() == [False, True, False, True]
+    assert flags.tolist() == [True, True, False, True]  # a margin equal to the threshold is flagged
 
 
 def test_rolling_quantile_can_flag_nothing_until_the_window_fills() -> None:
@@ -75,9 +76,9 @@ def test_rolling_quantile_generalises_the_index() -> None:
     # k=0.3, window=10: n = 3, mean of the 4th and 5th smallest of the previous window.
     detector = RollingQuantileDetector(RollingQuantileConfig(k=0.3, window=10))
     detector.flag(torch.arange(10, dtype=torch.float32))  # window: 0..9
-    flags = detector.flag(torch.tensor([3.4, 3.6]))
+    flags = detector.flag(torch.tensor([3.4, 3.6, 3.5]))
     assert detector.threshold == pytest.approx(3.5)
-    assert flags.tolist() == [True, False]
+    assert flags.tolist() == [True, False, True]
 
 
 def test_rolling_quantile_state_round_trip() -> None:

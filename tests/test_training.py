@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_tiny import make_tiny_model
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
 
 from spa_recipes.atomic import is_complete
 from spa_recipes.builtins import (
@@ -24,6 +26,7 @@ from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.noise import BatchQuantileDetector, NoNoiseDetector, RollingQuantileDetector
 from spa_recipes.refiners import LabelSmoothingRefiner, NoRefiner
 from spa_recipes.schema import TrainingSection
+from spa_recipes.sequences import collate
 from spa_recipes.training.loop import TrainingError, epoch_batches, list_checkpoints, read_metrics
 from spa_recipes.training.preference import train_preference
 from spa_recipes.training.sft import train_sft
@@ -134,6 +137,84 @@ def test_refinement_flags_planted_noise(tiny: str, tmp_path: Path) -> None:
     assert any(r["mean_smoothing"] > 0 for r in rows) and rows[0]["mean_smoothing"] == 0.0
 
 
+def test_batch_quantile_flags_k_of_the_optimiser_batch(tiny: str, tmp_path: Path) -> None:
+    """Micro-batches of 2 pairs x 8 accumulation steps: the bottom 25% of each step's 16 pairs are flagged (one
+    micro-batch alone would give floor(0.25 * 2) = 0), the same pairs and weights as one micro-batch of 16."""
+    pairs, flipped = planted_pairs(64, 0.2)
+
+    def run(name: str, batch_size: int, accumulation: int) -> list[dict]:
+        run_dpo(
+            tiny,
+            tmp_path / name,
+            pairs,
+            section(epochs=2.0, batch_size=batch_size, gradient_accumulation_steps=accumulation),
+            noise_detector=BatchQuantileDetector(BatchQuantileConfig(k=0.25, confidence="extrapolated")),
+            refiner=LabelSmoothingRefiner(LabelSmoothingConfig(alpha=0.1, warmup_fraction=0.2)),
+            lam=0.5,
+        )
+        return read_metrics(tmp_path / name / "work")
+
+    accumulated, whole = run("2x8", 2, 8), run("16x1", 16, 1)
+    assert len(accumulated) == len(whole) == 8
+    assert all(len(r["flagged_ids"]) == 4 for r in accumulated)  # floor(0.25 * 16) of every optimiser step
+    assert [r["flagged_fraction"] for r in accumulated] == pytest.approx([0.25] * 8)
+    # At the first step every margin is ~0 (policy == reference) and float noise breaks the ties.
+    assert [sorted(r["flagged_ids"]) for r in accumulated[1:]] == [sorted(r["flagged_ids"]) for r in whole[1:]]
+    later = [i for r in accumulated[2:] for i in r["flagged_ids"]]
+    assert sum(i in flipped for i in later) / len(later) > 1.5 * len(flipped) / len(pairs)
+    assert [r["loss"] for r in accumulated] == pytest.approx([r["loss"] for r in whole], abs=1e-5)
+    a, b = params(tmp_path / "2x8" / "out"), params(tmp_path / "16x1" / "out")
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)  # weights moved by up to 4e-2
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny model saved in bfloat16, as a hub model of a GPU recipe is."""
+    path = make_tiny_model(tmp_path_factory.mktemp("tiny_bf16") / "model", vocab=64, hidden=32)
+    AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).save_pretrained(path)
+    return str(path)
+
+
+def test_bf16_recipe_trains_float32_master_weights(tiny_bf16: str, tmp_path: Path) -> None:
+    """At a learning rate whose single AdamW updates are below bf16's resolution, a bfloat16 run's policy moves
+    like the float32 run's (both compared after rounding to bf16), and is saved in bfloat16."""
+    pairs, _ = planted_pairs(32, 0.0)
+    lr = 1e-5
+    start = load_model(tiny_bf16, "bfloat16").state_dict()
+
+    # The regime: one plain bf16 AdamW step at this rate leaves almost every weight as it was.
+    plain = load_model(tiny_bf16, "bfloat16").train()
+    plain(**{k: v for k, v in collate([([3, 4, 5, 6], [3, 4, 5, 6])], 0).items()}).loss.backward()
+    torch.optim.AdamW(plain.parameters(), lr=lr).step()
+    lost = sum(int((p == start[n]).sum()) for n, p in plain.named_parameters()) / sum(v.numel() for v in start.values())
+    assert lost > 0.8
+
+    moved, margins = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        summary = run_dpo(tiny_bf16, tmp_path / dtype, pairs, section(epochs=2.0, learning_rate=lr), dtype=dtype)
+        with safe_open(tmp_path / dtype / "out" / "model.safetensors", "pt") as f:
+            saved = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        assert {v.dtype for v in saved.values()} == {getattr(torch, dtype)}
+        rounded = {k: v.to(torch.bfloat16) for k, v in saved.items()}
+        moved[dtype] = sum(int((rounded[k] != start[k]).sum()) for k in start) / sum(v.numel() for v in start.values())
+        margins[dtype] = summary["final_margins"]
+    print(f"weights moved (after rounding to bf16): {moved}; final margins: {margins}")
+    assert moved["float32"] > 0.5
+    assert moved["bfloat16"] == pytest.approx(moved["float32"], abs=0.05)
+    assert margins["bfloat16"] == pytest.approx(margins["float32"], rel=0.1)
+    assert json.loads((tmp_path / "bfloat16" / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny: str, tmp_path: Path) -> None:
+    pairs, _ = planted_pairs(16, 0.0)
+    run_dpo(tiny, tmp_path / "plain", pairs, section(epochs=2.0))
+    run_dpo(tiny, tmp_path / "ckpt", pairs, section(epochs=2.0, gradient_checkpointing=True))
+    a, b = params(tmp_path / "plain" / "out"), params(tmp_path / "ckpt" / "out")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not any(torch.equal(a[k], params(Path(tiny))[k]) for k in a)  # it trained
+    assert json.loads((tmp_path / "ckpt" / "out" / "config.json").read_text()).get("use_cache") is not False
+
+
 def test_extrapolated_confidence_runs_the_reference_per_step(tiny: str, tmp_path: Path) -> None:
     pairs, _ = planted_pairs(16, 0.25)
     summary = run_dpo(
@@ -151,10 +232,16 @@ def test_extrapolated_confidence_runs_the_reference_per_step(tiny: str, tmp_path
     assert abs(rows[-1]["confidence_margins"]) > abs(rows[-1]["margins"]) > 0
 
 
-@pytest.mark.parametrize(("detector", "grouped"), [("rolling", False), ("batch", False), ("rolling", True)])
-def test_resume_gives_identical_weights(tiny: str, tmp_path: Path, detector: str, grouped: bool) -> None:
+@pytest.mark.parametrize(
+    ("detector", "grouped", "checkpointing"),
+    [("rolling", False, False), ("batch", False, False), ("rolling", True, False), ("batch", False, True)],
+)
+def test_resume_gives_identical_weights(
+    tiny: str, tmp_path: Path, detector: str, grouped: bool, checkpointing: bool
+) -> None:
     pairs, _ = planted_pairs(40, 0.2)
     training = section(
+        gradient_checkpointing=checkpointing,
         group_by_length=grouped,
         epochs=1.5,
         batch_size=4,

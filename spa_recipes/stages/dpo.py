@@ -45,7 +45,6 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         lam=lam,
         seed=ctx.seed_for(stage),
         dtype=recipe.models.dtype,
-        mixed_precision=recipe.distributed.mixed_precision,
         description=stage.name,
         ref_logps=ref_logps,
     )

@@ -25,6 +25,6 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         work_dir=out / "work",
         training=recipe.training.sft,
         seed=seed,
-        mixed_precision=recipe.distributed.mixed_precision,
+        dtype=recipe.models.dtype,
         description=stage.name,
     )

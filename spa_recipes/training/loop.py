@@ -49,6 +49,7 @@ import torch
 from spa_recipes.atomic import atomic_dir, is_complete
 from spa_recipes.errors import UserError
 from spa_recipes.faults import fault_point
+from spa_recipes.modeling import resolve_dtype
 from spa_recipes.progress import progress_bar
 from spa_recipes.schema import TrainingSection
 
@@ -148,18 +149,27 @@ def _group_by_length(order: list[int], lengths: list[int], global_batch: int, ge
     return [i for batch in shuffled + short for i in batch]
 
 
-def resolve_mixed_precision(name: str) -> str:
-    """``auto``: bf16 on a GPU that has it, none elsewhere (fp32 on CPU)."""
-    if name != "auto":
-        return name
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
 
 
-def make_accelerator(mixed_precision: str) -> Any:
-    """The trainers' ``Accelerator``; the launcher (``accelerate launch --config_file``) picks DDP or FSDP."""
+def make_accelerator(dtype: str) -> Any:
+    """The trainers' ``Accelerator``, its mixed precision following the recipe's ``models.dtype``.
+
+    A 16-bit ``dtype`` means mixed precision: the trained model keeps float32 master weights and optimiser
+    state (:func:`run_training_loop` makes sure of it) and its forward and backward run under autocast in
+    that 16-bit type; under FSDP2 Accelerate turns the same setting into FSDP's mixed-precision policy. This
+    argument wins over a launcher config's ``mixed_precision``. The launcher (``accelerate launch
+    --config_file``) picks DDP or FSDP.
+    """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
-    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision))
+    mixed_precision = MIXED_PRECISION[resolve_dtype(dtype)]
+    # Accelerate keeps one state per process and refuses another precision; a process that trains in two
+    # precisions (a notebook, the tests) starts the accelerator state anew. The process group is kept.
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision)
 
 
 def parallelism(accelerator: Any) -> str:
@@ -188,6 +198,40 @@ def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSection,
     name = {"constant": "constant_with_warmup"}.get(training.lr_scheduler, training.lr_scheduler)
     warmup = math.ceil(training.warmup_ratio * total_steps)
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def _float32_master_weights(model: torch.nn.Module) -> None:
+    """Upcast a model loaded in 16 bits to float32 in place, so that optimiser updates are not lost.
+
+    At lr 5e-7 an AdamW update is below bf16's resolution for almost every weight; the forward and backward
+    still run in 16 bits under the accelerator's autocast (see :func:`make_accelerator`).
+    """
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        model.float()
+
+
+def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Keep only each layer's input during the forward and recompute the rest in the backward.
+
+    Non-reentrant checkpointing works with DDP, FSDP2 and inputs that need no gradient.
+
+    Raises:
+        UserError: the model class has no gradient checkpointing.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"training.gradient_checkpointing: {type(model).__name__} does not support it")
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name is deprecated
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _disable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Undo :func:`_enable_gradient_checkpointing` on the trained model (it is saved and may be used again)."""
+    if hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
 
 
 # Checkpoints ----------------------------------------------------------------------------------------
@@ -385,6 +429,7 @@ def run_training_loop(
     description: str = "train",
     stop_after: int | None = None,
     lengths: list[int] | None = None,
+    begin_step: Callable[[Any, list[list[int]], int, int], None] | None = None,
 ) -> LoopResult:
     """Train ``model`` on ``num_examples`` examples with ``compute`` giving each micro-batch's loss.
 
@@ -404,6 +449,9 @@ def run_training_loop(
             written; for splitting a run across job slots and for resume tests.
         lengths: each example's length (the width it pads its micro-batch to); used when
             ``training.group_by_length`` is on.
+        begin_step: ``(model, micro_batches, step, total_steps)``, called before the micro-batches of each
+            optimiser step with all of this process's micro-batches of that step (example indices): for
+            statistics over the whole optimiser batch (e.g. the bottom K% of its pairs).
 
     Returns:
         A :class:`LoopResult` whose ``model`` is the unwrapped trained model.
@@ -418,6 +466,9 @@ def run_training_loop(
     work_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_steps(num_examples, training, accelerator.num_processes)
     set_seed(seed)
+    _float32_master_weights(model)
+    if training.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
     optimizer = build_optimizer(model, training)
     scheduler = build_scheduler(optimizer, training, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -462,8 +513,7 @@ def run_training_loop(
         started = time.perf_counter()
         first = step * plan.accumulation
         micro_indices = range(first, min(first + plan.accumulation, plan.total_micro))
-        results: list[MicroBatch] = []
-        nonfinite = False
+        step_batches: list[list[int]] = []
         for micro in micro_indices:
             epoch = micro // plan.micro_per_epoch
             if epoch != batches_epoch:
@@ -477,16 +527,23 @@ def run_training_loop(
                     lengths=lengths if training.group_by_length else None,
                 )
                 batches_epoch = epoch
-            last = micro == micro_indices[-1]
+            step_batches.append(batches[micro % plan.micro_per_epoch])
+        if begin_step is not None:
+            begin_step(model, step_batches, step, plan.total_steps)
+        results: list[MicroBatch] = []
+        nonfinite = False
+        for n, indices in enumerate(step_batches):
             # Gradients are all-reduced once per optimiser step, on its last micro-batch.
-            sync = not last and accelerator.num_processes > 1
+            sync = n < len(step_batches) - 1 and accelerator.num_processes > 1
             with accelerator.no_sync(model) if sync else contextlib.nullcontext():
-                result = compute(model, batches[micro % plan.micro_per_epoch], step, plan.total_steps)
+                result = compute(model, indices, step, plan.total_steps)
                 nonfinite |= not bool(torch.isfinite(result.loss.detach()).all())
-                accelerator.backward(result.loss / len(micro_indices))
+                accelerator.backward(result.loss / len(step_batches))
             results.append(result)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-        nonfinite |= not math.isfinite(float(grad_norm))
+        # Under fp16 the loss scaler owns overflowing gradients: it skips the step and lowers its scale.
+        if accelerator.scaler is None:
+            nonfinite |= not math.isfinite(float(grad_norm))
         if accelerator.num_processes > 1:
             flag = torch.tensor([float(nonfinite)], device=accelerator.device)
             nonfinite = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
@@ -549,8 +606,11 @@ def run_training_loop(
     bar.close()
     final_state = {} if stopped_early else full_state_dict(model)
     accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if training.gradient_checkpointing:
+        _disable_gradient_checkpointing(unwrapped)
     return LoopResult(
-        model=accelerator.unwrap_model(model),
+        model=unwrapped,
         state_dict=final_state,
         steps=step,
         total_steps=plan.total_steps,

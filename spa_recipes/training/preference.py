@@ -158,7 +158,6 @@ def train_preference(
     lam: float,
     seed: int,
     dtype: str = "auto",
-    mixed_precision: str = "auto",
     ref_logps: dict[str, tuple[float, float]] | None = None,
     progress: bool = True,
     stop_after: int | None = None,
@@ -179,8 +178,9 @@ def train_preference(
         refiner: a refiner from :mod:`spa_recipes.refiners`.
         lam: DND extrapolation strength for this stage (see :func:`spa_recipes.noise.lambda_for_iteration`).
         seed: seed of data order and RNGs.
-        dtype: weights dtype of policy and reference (``auto``: bf16 on a GPU that has it, else fp32).
-        mixed_precision: Accelerate's mixed precision (``auto``: bf16 on such a GPU, ``no`` on CPU).
+        dtype: the recipe's ``models.dtype`` (``auto``: bf16 on a GPU that has it, else fp32): the reference
+            loads in it and the trained policy is saved in it; with a 16-bit dtype the policy trains with
+            float32 master weights under mixed precision (:func:`~spa_recipes.training.loop.make_accelerator`).
         ref_logps: reference log-probs by pair id, ``(chosen, rejected)``, computed with the same lengths;
             skips the reference pass. Ignored when DND needs the reference's logits.
         progress: tqdm bar.
@@ -196,11 +196,11 @@ def train_preference(
         TrainingError: a non-finite loss/gradient under ``nonfinite: fail``.
     """
     output_dir, work_dir = Path(output_dir), Path(work_dir)
-    accelerator = make_accelerator(mixed_precision)
+    accelerator = make_accelerator(dtype)
     tokenizer = load_tokenizer(policy_path)
     pad_id = _pad_id(tokenizer)
     chosen, rejected = encode_pairs(pairs, tokenizer, training)
-    policy = load_model(policy_path, dtype)
+    policy = load_model(policy_path, "float32")  # float32 master weights; computes in `dtype` under autocast
     extrapolate = noise_detector.confidence == "extrapolated" and lam != 0
     beta = loss.beta
 
@@ -233,8 +233,11 @@ def train_preference(
 
     trims = takes_logits_to_keep(policy) and (ref_model is None or takes_logits_to_keep(ref_model))
 
-    def forward(model: Any, rows: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Policy log-probs of ``rows`` in their order; with DND also the reference's and ``log p_ext``'s."""
+    def forward(
+        model: Any, rows: list[Encoded], with_reference: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Policy log-probs of ``rows`` in their order; ``with_reference`` (DND) also the reference's and
+        ``log p_ext``'s."""
         parts: list[list[torch.Tensor]] = [[], [], []]
         order: list[int] = []
         for group in length_sorted_batches([len(ids) for ids, _ in rows], math.ceil(len(rows) / FORWARD_PASSES)):
@@ -244,7 +247,7 @@ def train_preference(
             with accelerator.autocast():
                 logits, labels = response_logits(model, batch, trim=trims)
             parts[0].append(sequence_logps_from_logits(logits, labels)[0])
-            if extrapolate:
+            if with_reference:
                 with torch.no_grad(), accelerator.autocast():
                     ref_logits, _ = response_logits(ref_model, batch, trim=trims)
                 parts[1].append(sequence_logps_from_logits(ref_logits, labels)[0])
@@ -259,18 +262,48 @@ def train_preference(
         logps, ref_seq, conf_logps = (torch.cat(p)[back] if p else None for p in parts)
         return logps, ref_seq, conf_logps
 
-    def compute(model: Any, indices: list[int], step: int, total_steps: int) -> MicroBatch:
+    def margins_of(
+        model: Any, indices: list[int], with_reference: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Policy log-probs ``[2n]`` (chosen then rejected), reference log-probs ``[2n]`` and the detector's
+        confidence margins ``beta * Delta_conf`` ``[n]`` of the pairs at ``indices``."""
         n = len(indices)
         rows = [chosen[i] for i in indices] + [rejected[i] for i in indices]
-        logps, ref_seq, conf_logps = forward(model, rows)
-        if not extrapolate:
+        logps, ref_seq, conf_logps = forward(model, rows, with_reference)
+        if ref_seq is None:
             table = ref_table[indices].to(accelerator.device)
             ref_seq = torch.cat([table[:, 0], table[:, 1]])
+        if conf_logps is None:
             conf_logps = logps.detach()
+        conf_margins = beta * ((conf_logps[:n] - ref_seq[:n]) - (conf_logps[n:] - ref_seq[n:]))
+        return logps, ref_seq, conf_margins
+
+    # A detector over the whole optimiser batch (batch_quantile) needs every micro-batch's margins before the
+    # first one's loss: with gradient accumulation, a no-grad pass over the step's micro-batches computes
+    # them (and the reference log-probs) first; the flags then wait here, one entry per micro-batch.
+    per_step = getattr(noise_detector, "scope", "micro_batch") == "optimizer_step"
+    flagged_ahead: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def begin_step(model: Any, micro_batches: list[list[int]], step: int, total_steps: int) -> None:
+        flagged_ahead.clear()
+        if not per_step or len(micro_batches) == 1:
+            return
+        with torch.no_grad():
+            parts = [margins_of(model, indices, extrapolate)[1:] for indices in micro_batches]
+        flags = noise_detector.flag(torch.cat([conf for _, conf in parts]), accelerator)
+        for (ref_seq, conf), part_flags in zip(parts, flags.split([len(c) for _, c in parts]), strict=True):
+            flagged_ahead.append((ref_seq, conf, part_flags))
+
+    def compute(model: Any, indices: list[int], step: int, total_steps: int) -> MicroBatch:
+        n = len(indices)
+        if flagged_ahead:
+            ref_seq, conf_margins, flags = flagged_ahead.pop(0)
+            logps, _, _ = forward(model, [chosen[i] for i in indices] + [rejected[i] for i in indices], False)
+        else:
+            logps, ref_seq, conf_margins = margins_of(model, indices, extrapolate)
+            flags = noise_detector.flag(conf_margins, accelerator)
         pc, pr = logps[:n], logps[n:]
         rc, rr = ref_seq[:n], ref_seq[n:]
-        conf_margins = beta * ((conf_logps[:n] - rc) - (conf_logps[n:] - rr))
-        flags = noise_detector.flag(conf_margins, accelerator)
         smoothing, weights = refiner.refine(flags, step, total_steps)
         losses, margins = loss(pc, pr, rc, rr, smoothing=smoothing)
         value = (losses * weights.to(losses.device)).mean()
@@ -289,7 +322,7 @@ def train_preference(
                 "threshold": float(noise_detector.threshold),
                 "mean_smoothing": float(smoothing.mean()),
             },
-            sums={"tokens": float(sum(len(ids) for ids, _ in rows)), "pairs": float(n)},
+            sums={"tokens": float(sum(len(chosen[i][0]) + len(rejected[i][0]) for i in indices)), "pairs": float(n)},
             lists={"flagged_ids": [ids[i] for i, f in zip(indices, flags.tolist(), strict=True) if f]},
         )
 
@@ -306,11 +339,12 @@ def train_preference(
         description=description,
         stop_after=stop_after,
         lengths=[max(len(c[0]), len(r[0])) for c, r in zip(chosen, rejected, strict=True)],
+        begin_step=begin_step,
     )
     ref_model = None  # free the reference before saving
     if not result.stopped_early and accelerator.is_main_process:
         with atomic_dir(output_dir) as tmp:
-            save_model(result.model, tokenizer, tmp, result.state_dict)
+            save_model(result.model, tokenizer, tmp, result.state_dict, dtype=dtype)
     accelerator.wait_for_everyone()
     rows = read_metrics(work_dir)
     return {

@@ -36,7 +36,7 @@ def train_sft(
     work_dir: Path,
     training: TrainingSection,
     seed: int,
-    mixed_precision: str = "auto",
+    dtype: str = "auto",
     progress: bool = True,
     stop_after: int | None = None,
     description: str = "sft",
@@ -46,14 +46,15 @@ def train_sft(
     Args:
         examples: rows ``{"prompt": chat messages, "response": str}``; the response is followed by EOS.
         model: an in-memory causal LM (e.g. the toy world's random-init model), trained IN PLACE, or a
-            model folder / hub id, loaded here in its saved dtype ("auto"). When ``work_dir`` holds a
+            model folder / hub id, loaded here in float32 (the master weights). When ``work_dir`` holds a
             checkpoint, its weights replace the model's.
         tokenizer: the tokenizer with a chat template (prompts are rendered with it).
         output_dir: where the model, tokenizer and generation config are written (atomically).
         work_dir: checkpoints and ``metrics.jsonl``.
         training: optimiser, batching, lengths, checkpoints, non-finite policy.
         seed: seed of data order and RNGs.
-        mixed_precision: Accelerate's mixed precision (``auto``: bf16 on a GPU that has it, else none).
+        dtype: the recipe's ``models.dtype``: the model is saved in it, and a 16-bit dtype trains with
+            float32 master weights under mixed precision (:func:`~spa_recipes.training.loop.make_accelerator`).
         progress: tqdm bar.
         description: label of the progress lines (the runner passes the stage name).
         stop_after: stop after this many optimiser steps, leaving a checkpoint to resume from.
@@ -67,9 +68,9 @@ def train_sft(
         TrainingError: a non-finite loss/gradient under ``nonfinite: fail``.
     """
     output_dir, work_dir = Path(output_dir), Path(work_dir)
-    accelerator = make_accelerator(mixed_precision)
+    accelerator = make_accelerator(dtype)
     if isinstance(model, (str, Path)):
-        model = load_model(str(model), "auto")
+        model = load_model(str(model), "float32")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = []
     for n, row in enumerate(examples):
@@ -108,7 +109,7 @@ def train_sft(
     )
     if not result.stopped_early and accelerator.is_main_process:
         with atomic_dir(output_dir) as tmp:
-            save_model(result.model, tokenizer, tmp, result.state_dict)
+            save_model(result.model, tokenizer, tmp, result.state_dict, dtype=dtype)
     accelerator.wait_for_everyone()
     result.model.eval()
     losses = [r["loss"] for r in result.history]
