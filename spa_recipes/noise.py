@@ -92,8 +92,8 @@ class RollingQuantileDetector:
     the threshold is 0"), and the same rule applies: pairs whose margin is 0 or negative ARE flagged
     during that phase (at the very first step the policy equals its reference and every margin is about 0;
     the refiner's warm-up keeps such early flags from changing the loss). ``until_full: flag_nothing``
-    flags nothing until the window is full instead. Under DDP each process keeps its own window and flags its own pairs, as the
-    released code does; the accelerator is not used.
+    flags nothing until the window is full instead. Under DDP each process keeps its own window and flags
+    its own pairs, as the released code does; the accelerator is not used.
 
     Args:
         cfg: a :class:`~spa_recipes.builtins.RollingQuantileConfig`.
@@ -139,8 +139,8 @@ class BatchQuantileDetector:
 
     ``n`` counts the pairs of one optimiser step: every micro-batch of its gradient accumulation (the
     trainer hands them over together), on all processes (gathered with ``accelerator.gather`` when there
-    is more than one). Validation rejects a layout where ``floor(k * n)`` is 0. Ties are broken by position (a stable sort
-    over process 0's pairs, then process 1's, ...), so exactly ``floor(k * n)`` pairs are flagged.
+    is more than one). Validation rejects a layout where ``floor(k * n)`` is 0. Ties are broken by position
+    (a stable sort over process 0's pairs, then process 1's, ...), so exactly ``floor(k * n)`` pairs are flagged.
     ``threshold`` (for logging) is the midpoint between the largest flagged and the smallest unflagged
     margin; with nothing flagged, the smallest margin.
 
