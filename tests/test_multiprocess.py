@@ -41,6 +41,7 @@ HALF_BATCH = ["training.sft.batch_size=32", "training.seed.batch_size=8", "train
 ENV = {"OMP_NUM_THREADS": "1"}
 FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp.yaml"
 TRAINED = ("sft", "seed_dpo", "iter1_train")
+CHECKPOINTING = ["training.seed.gradient_checkpointing=true", "training.iteration.gradient_checkpointing=true"]
 
 
 def run_tiny(prefix: list[str], out: Path, args: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess:
@@ -93,7 +94,8 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("two")
-    result = launch(2, out, *HALF_BATCH)
+    # Gradient checkpointing under DDP on the way: it changes memory, not the numbers.
+    result = launch(2, out, *HALF_BATCH, *CHECKPOINTING)
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "t", result
 
@@ -222,7 +224,7 @@ def test_fsdp_trains_sharded_and_saves_whole_models_of_the_same_quality(one_proc
 
 def test_fsdp_resume_from_a_sharded_checkpoint_gives_the_same_model(tmp_path: Path) -> None:
     shrunk = [o for o in SHRUNK if not o.startswith(("iterations", "noise_detector"))]
-    shrunk += ["iterations=1", "noise_detector.lambda=[0.5]"]
+    shrunk += ["iterations=1", "noise_detector.lambda=[0.5]", *CHECKPOINTING]
     whole = launch_fsdp(tmp_path / "whole", *shrunk)
     assert whole.returncode == 0, whole.stderr[-3000:]
     killed = launch_fsdp(tmp_path / "cut", *shrunk, env={"SPA_RECIPES_KILL_AT": "iter1_train/work/checkpoints/step-2"})
@@ -235,6 +237,22 @@ def test_fsdp_resume_from_a_sharded_checkpoint_gives_the_same_model(tmp_path: Pa
     ours, theirs = weights(tmp_path / "cut/t/iter1_train/model"), weights(tmp_path / "whole/t/iter1_train/model")
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_fsdp_in_bf16_trains_float32_master_weights_and_saves_bf16(tmp_path: Path) -> None:
+    shrunk = [o for o in SHRUNK if not o.startswith(("iterations", "noise_detector"))]
+    shrunk += ["iterations=1", "noise_detector.lambda=[0.5]", "models.dtype=bfloat16", *CHECKPOINTING]
+    result = launch_fsdp(tmp_path, *shrunk)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "t"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for stage in TRAINED:
+        assert manifest["stages"][stage]["summary"]["parallelism"] == "fsdp2", stage
+        assert {v.dtype for v in weights(run_dir / stage / "model").values()} == {torch.bfloat16}, stage
+    # The checkpoint holds the master weights: float32, gathered whole from the shards.
+    master = torch.load(run_dir / "iter1_train/work/checkpoints/step-2/model.pt")
+    assert {v.dtype for v in master.values()} == {torch.float32}
+    assert master.keys() >= weights(run_dir / "iter1_train" / "model").keys()
 
 
 def test_a_deepspeed_launch_is_refused_before_any_work(tmp_path: Path) -> None:

@@ -302,3 +302,18 @@ def test_allow_listed_import_that_fails(tmp_path: Path, monkeypatch: pytest.Monk
         load_recipe(TINY, [f"pair_selector.name={module}:Nope"], allow_import=[module])
     with pytest.raises(RecipeError, match=f"'{module}:NotPydantic' has no pydantic `Config`"):
         load_recipe(TINY, [f"pair_selector.name={module}:NotPydantic"], allow_import=[module])
+
+
+def test_batch_quantile_is_checked_against_the_launch_it_runs_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """floor(k x batch_size x accumulation x processes) must be at least 1: 0.1 x 4 x 1 flags nothing on one
+    process; the same recipe launched on 8 processes (WORLD_SIZE, or --processes) flags 3 pairs a step."""
+    layout = ["noise_detector.name=batch_quantile", "training.iteration.batch_size=4"]
+    with pytest.raises(RecipeError, match=r"optimiser batch of 4 pairs .* flags floor\(0\.4\) = 0 pairs"):
+        load_recipe(TINY, layout)
+    assert load_recipe(TINY, layout, num_processes=8).noise_detector.name == "batch_quantile"
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    load_recipe(TINY, layout)
+    cli = [sys.executable, "-m", "spa_recipes", "validate", str(TINY), *layout]
+    monkeypatch.delenv("WORLD_SIZE")
+    assert subprocess.run(cli, capture_output=True, text=True, timeout=60).returncode == 2
+    assert subprocess.run([*cli, "--processes", "8"], capture_output=True, text=True, timeout=60).returncode == 0
