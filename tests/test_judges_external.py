@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers_tiny import make_tiny_model
 from pydantic import ValidationError
+from safetensors.torch import load_file
 
 from spa_recipes.builtins import LLMJudgeConfig, PairRMJudgeConfig, RewardModelJudgeConfig
 from spa_recipes.errors import UserError
@@ -349,6 +350,34 @@ def test_reward_model_learns_a_planted_preference(tmp_path: Path) -> None:
         device="cpu",
     )
     assert again["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+
+
+def test_reward_model_in_bf16_trains_float32_master_weights(tmp_path: Path) -> None:
+    """At lr 1e-5 (single AdamW updates below bf16's resolution) a bfloat16 reward model moves as the float32 one
+    does, compared after rounding both to bf16; it is saved in bfloat16."""
+    base = make_tiny_model(tmp_path / "sft", words=WORDS, hidden=32, layers=2, heads=4, seed=0)
+    start = {k: v.to(torch.bfloat16) for k, v in load_file(base / "model.safetensors").items()}
+    moved = {}
+    for dtype in ("float32", "bfloat16"):
+        train_reward_model(
+            planted_pairs(64, seed=1),
+            base_path=str(base),
+            output_dir=tmp_path / dtype,
+            epochs=2,
+            learning_rate=1e-5,
+            batch_size=4,
+            max_length=64,
+            seed=0,
+            dtype=dtype,
+            device="cpu",
+        )
+        saved = load_file(tmp_path / dtype / "model.safetensors")
+        assert {v.dtype for v in saved.values()} == {getattr(torch, dtype)}
+        body = {k: v.to(torch.bfloat16) for k, v in saved.items() if k in start}
+        moved[dtype] = sum(int((body[k] != start[k]).sum()) for k in body) / sum(v.numel() for v in body.values())
+    print(f"reward model weights moved (after rounding to bf16): {moved}")
+    assert moved["float32"] > 0.3
+    assert moved["bfloat16"] == pytest.approx(moved["float32"], abs=0.05)
 
 
 def test_reward_model_needs_a_path() -> None:

@@ -245,7 +245,8 @@ def train_reward_model(
         batch_size: pairs per step.
         max_length: tokens kept per conversation (cut at the start); ``None``: no limit.
         seed: seed of the head initialisation and of the shuffles.
-        dtype: model dtype name.
+        dtype: the recipe's ``models.dtype``: the model is saved in it; a 16-bit dtype trains float32 master
+            weights with the forward and backward under autocast in that dtype (mixed precision).
         device: where to train; CUDA when available, else CPU.
 
     Returns:
@@ -262,8 +263,10 @@ def train_reward_model(
     device = device or default_device()
     tokenizer = load_tokenizer(base_path)
     torch.manual_seed(seed)  # the score head is initialised at load time
+    compute_dtype = resolve_dtype(dtype)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, dtype=resolve_dtype(dtype))
+        # float32 master weights: a 16-bit AdamW update at a small learning rate is mostly rounded away.
+        model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load reward model base '{base_path}': {str(exc).splitlines()[0]}") from exc
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -284,7 +287,8 @@ def train_reward_model(
         losses, correct = [], 0
         for start in range(0, len(order), batch_size):
             batch = [encoded[i] for i in order[start : start + batch_size]]
-            rewards = _forward(model, [c for c, _ in batch] + [r for _, r in batch], device).float()
+            with torch.autocast(torch.device(device).type, compute_dtype, enabled=compute_dtype != torch.float32):
+                rewards = _forward(model, [c for c, _ in batch] + [r for _, r in batch], device).float()
             margin = rewards[: len(batch)] - rewards[len(batch) :]
             loss = -F.logsigmoid(margin).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -294,7 +298,7 @@ def train_reward_model(
             steps += 1
             losses.append(loss.item() * len(batch))
             correct += int((margin > 0).sum())
-    model.eval()
+    model.eval().to(compute_dtype)
     with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
