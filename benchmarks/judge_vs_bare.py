@@ -41,9 +41,7 @@ from spa_recipes.judges.implicit import ImplicitRewardJudge  # noqa: E402
 from spa_recipes.modeling import load_model, load_tokenizer  # noqa: E402
 from spa_recipes.sequences import (  # noqa: E402
     collate,
-    encode_prompt,
-    encode_response,
-    join_prompt_response,
+    encode_responses,
     length_sorted_batches,
     response_logits_to_keep,
 )
@@ -99,15 +97,13 @@ def main() -> None:
             device="cpu",
         )
 
-        # The bare loop's inputs: exactly the judge's sequences and batches, prepared outside the timing (built pair
-        # by pair here; the judge's batched encode_sequences gives the same ids, tests/test_judges.py checks it).
+        # The bare loop's inputs: exactly the judge's sequences and batches, prepared outside the timing (built row
+        # by row here; the judge's batched encode_sequences gives the same ids, tests/test_sequences.py checks it).
         tokenizer = load_tokenizer(policy_path)
         encoded = [
-            join_prompt_response(
-                encode_prompt(tokenizer, r["prompt"], max_prompt_length), encode_response(tokenizer, resp), max_length
-            )
+            sequence
             for r in rows
-            for resp in r["responses"]
+            for sequence in encode_responses(tokenizer, r["prompt"], r["responses"], max_prompt_length, max_length)
         ]
         tokens = sum(len(ids) for ids, _ in encoded)
         batches = [

@@ -32,9 +32,19 @@ def select_pairs(rows: list[Row], cfg: PairSelectorConfig, pick: Pick, seed: int
         "rejected_score", "chosen_index", "rejected_index"}`` plus ``"chosen_policy_logp"`` and
         ``"rejected_policy_logp"`` when the rows carry ``"policy_logps"``; counts ``rows``, ``pairs``,
         ``invalid_responses``, ``dropped_invalid`` (rows with < 2 valid responses),
-        ``dropped_identical``, ``dropped_tie`` and ``kept_tie``.
+        ``dropped_identical``, ``kept_identical`` (two equal texts, a pair with zero DPO gradient),
+        ``dropped_tie`` and ``kept_tie``.
     """
-    names = ["rows", "pairs", "invalid_responses", "dropped_invalid", "dropped_identical", "dropped_tie", "kept_tie"]
+    names = [
+        "rows",
+        "pairs",
+        "invalid_responses",
+        "dropped_invalid",
+        "dropped_identical",
+        "kept_identical",
+        "dropped_tie",
+        "kept_tie",
+    ]
     counts = dict.fromkeys(names, 0)
     pairs = []
     for row in rows:
@@ -46,9 +56,11 @@ def select_pairs(rows: list[Row], cfg: PairSelectorConfig, pick: Pick, seed: int
             continue
         chosen, rejected = pick(row, valid, seed)
         responses, scores = row["responses"], row["scores"]
-        if cfg.drop_identical and responses[chosen] == responses[rejected]:
-            counts["dropped_identical"] += 1
-            continue
+        if responses[chosen] == responses[rejected]:
+            if cfg.drop_identical:
+                counts["dropped_identical"] += 1
+                continue
+            counts["kept_identical"] += 1
         if scores[chosen] == scores[rejected]:
             if cfg.ties == "drop":
                 counts["dropped_tie"] += 1

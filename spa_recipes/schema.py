@@ -112,8 +112,19 @@ class TrainingSection(Section):
     )
     max_grad_norm: float | None = Field(1.0, description="gradient clipping; null turns it off")
     weight_decay: float = Field(0.0, ge=0.0)
-    max_length: int = Field(2048, gt=0, description="prompt + response tokens; responses are cut at the end")
-    max_prompt_length: int = Field(1024, gt=0, description="prompt tokens; prompts are cut at the start")
+    max_length: int = Field(
+        2048,
+        gt=0,
+        description="prompt + response tokens; when a prompt and its longest response exceed it, the prompt is cut "
+        "to max_prompt_length, then the responses to max_length - max_prompt_length (a cut response loses its EOS), "
+        "as TRL 0.7 does",
+    )
+    max_prompt_length: int = Field(
+        1024,
+        gt=0,
+        description="prompt tokens kept (its end, BOS in front) when prompt + response exceed max_length; "
+        "generation cuts any longer prompt to it",
+    )
     checkpoint_every: int = Field(0, ge=0, description="optimiser steps between checkpoints; 0: none")
     keep_checkpoints: int = Field(2, gt=0, description="newest complete checkpoints kept")
     nonfinite: Literal["fail", "skip_step"] = Field(

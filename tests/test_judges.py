@@ -18,6 +18,7 @@ from spa_recipes.sequences import (
     collate,
     encode_prompt,
     encode_response,
+    encode_responses,
     encode_sequences,
     join_prompt_response,
     length_sorted_batches,
@@ -164,7 +165,7 @@ def test_non_finite_scores_are_invalid(tiny_models: dict[str, str], tmp_path: Pa
 
 
 # Mixed lengths, a repeated prompt given as distinct equal objects, an empty response, and (with the limits
-# used below) prompts cut at the start and responses cut at the end.
+# used below) a prompt over max_prompt_length that still fits and a response cut at the end.
 PROMPTS = [
     [{"role": "user", "content": "w1 w2"}],
     [{"role": "user", "content": " ".join(f"w{i}" for i in range(20, 32))}],
@@ -180,13 +181,20 @@ RESPONSES = ["w3 w4 w5", "w6", "", " ".join(f"w{i}" for i in range(33, 55)), "w1
 def test_encode_sequences_matches_encoding_each_pair(tiny_models: dict[str, str]) -> None:
     tokenizer = load_tokenizer(tiny_models["a"])
     for limits in [(None, None), (8, 20)]:
-        expected = [
-            join_prompt_response(encode_prompt(tokenizer, p, limits[0]), encode_response(tokenizer, r), limits[1])
-            for p, r in zip(PROMPTS, RESPONSES, strict=True)
-        ]
+        expected = [encode_responses(tokenizer, p, [r], *limits)[0] for p, r in zip(PROMPTS, RESPONSES, strict=True)]
         assert encode_sequences(tokenizer, PROMPTS, RESPONSES, *limits) == expected
+    uncut = encode_sequences(tokenizer, PROMPTS, RESPONSES)
+    assert uncut == [
+        join_prompt_response(encode_prompt(tokenizer, p), encode_response(tokenizer, r))
+        for p, r in zip(PROMPTS, RESPONSES, strict=True)
+    ]
+    # TRL's rule: only what exceeds 20 is cut. The 14-token prompt with a 2-token response fits whole; the
+    # 3-token prompt with a 23-token response keeps its prompt, and the response is cut to 20 - 8, losing EOS.
     cut = encode_sequences(tokenizer, PROMPTS, RESPONSES, 8, 20)
-    assert max(len(ids) for ids, _ in cut) == 20 and all(ids[-1] == tokenizer.eos_token_id for ids, _ in cut)
+    assert [len(ids) for ids, _ in uncut] == [8, 16, 5, 26, 6, 8, 8]
+    assert [cut[i] == uncut[i] for i in range(len(cut))] == [True, True, True, False, True, True, True]
+    ids, labels = cut[3]
+    assert ids == uncut[3][0][:15] and labels.count(-100) == 3 and ids[-1] != tokenizer.eos_token_id
     assert encode_sequences(tokenizer, [], []) == []
     with pytest.raises(ValueError, match="7 prompts but 6 responses"):
         encode_sequences(tokenizer, PROMPTS, RESPONSES[:-1])
@@ -214,8 +222,8 @@ def test_score_sequences_matches_one_sequence_at_a_time(tiny_models: dict[str, s
     model = load_model(tiny_models["a"], dtype="float32", device="cpu")
     expected, expected_lengths = [], []
     for p, r in zip(PROMPTS, RESPONSES, strict=True):
-        prompt = encode_prompt(tokenizer, p, limits[0])
-        ids, labels = join_prompt_response(prompt, encode_response(tokenizer, r), limits[1])
+        ids, labels = encode_responses(tokenizer, p, [r], *limits)[0]
+        prompt = ids[: labels.count(-100)]
         with torch.no_grad():
             logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
         response = range(len(prompt), len(ids))
@@ -295,9 +303,9 @@ def test_implicit_judge_tokenizes_each_response_once(
 ) -> None:
     calls: list[int] = []
 
-    def counting(tokenizer, prompts, responses, *args):
+    def counting(tokenizer, prompts, responses, *args, **kwargs):
         calls.append(len(responses))
-        return encode_sequences(tokenizer, prompts, responses, *args)
+        return encode_sequences(tokenizer, prompts, responses, *args, **kwargs)
 
     monkeypatch.setattr(implicit, "encode_sequences", counting)
     expected = make_judge(tiny_models).score(ROWS)

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
-from spa_recipes.builtins import PairSelectorConfig
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_tiny import make_tiny_model
+
+from spa_recipes.builtins import DPOLossConfig, LabelSmoothingConfig, PairSelectorConfig, RollingQuantileConfig
+from spa_recipes.loss import DPOLoss
+from spa_recipes.modeling import load_model
+from spa_recipes.noise import RollingQuantileDetector
 from spa_recipes.pairs import MaxRandomSelector, MinMaxSelector
+from spa_recipes.refiners import LabelSmoothingRefiner
+from spa_recipes.schema import TrainingSection
+from spa_recipes.training.loop import read_metrics
+from spa_recipes.training.preference import train_preference
 
 PROMPT = [{"role": "user", "content": "w1"}]
 
@@ -68,9 +82,11 @@ def test_identical_texts_dropped_or_kept() -> None:
     rows = [row("a", ["same", "same"], [1.5, 1.0]), row("b", ["x", "y"], [0.0, 1.0])]
     pairs, counts = MinMaxSelector(PairSelectorConfig(drop_identical=True)).select(rows, seed=0)
     assert [(p["id"], p["chosen"]) for p in pairs] == [("b", "y")]
-    assert counts["dropped_identical"] == 1
+    assert counts["dropped_identical"] == 1 and counts["kept_identical"] == 0
     pairs, counts = MinMaxSelector(PairSelectorConfig(drop_identical=False)).select(rows, seed=0)
     assert len(pairs) == 2 and counts["dropped_identical"] == 0
+    # Kept as the released code keeps it, and counted.
+    assert (pairs[0]["chosen"], pairs[0]["rejected"]) == ("same", "same") and counts["kept_identical"] == 1
 
 
 def test_max_random_is_seeded_per_row_and_never_picks_chosen() -> None:
@@ -92,3 +108,41 @@ def test_k2_min_max_and_max_random_agree() -> None:
     rows = [row(f"r{i}", ["x", "y"], [float(i % 3), 1.0]) for i in range(6)]
     cfg = PairSelectorConfig(ties="drop")
     assert MinMaxSelector(cfg).select(rows, 0) == MaxRandomSelector(cfg).select(rows, 0)
+
+
+def test_a_kept_identical_pair_trains_with_zero_gradient(tmp_path: Path) -> None:
+    """The released code's setting (rolling window on the policy's margins, label smoothing, one pair per
+    micro-batch): pairs of two identical samples train without error and leave the weights exactly as they were."""
+    model = make_tiny_model(tmp_path / "m", vocab=64, hidden=32)
+    rows = [row(str(i), [f"w{i} w{i + 1}", f"w{i} w{i + 1}"], [0.3, 0.3]) for i in range(4)]
+    pairs, counts = MinMaxSelector(PairSelectorConfig(drop_identical=False)).select(rows, seed=0)
+    assert counts["kept_identical"] == counts["pairs"] == 4
+    summary = train_preference(
+        pairs,
+        policy_path=str(model),
+        reference_path=str(model),
+        output_dir=tmp_path / "out",
+        work_dir=tmp_path / "work",
+        training=TrainingSection(
+            epochs=1.0,
+            learning_rate=1e-2,
+            lr_scheduler="constant",
+            warmup_ratio=0.0,
+            batch_size=1,
+            max_length=32,
+            max_prompt_length=16,
+        ),
+        loss=DPOLoss(DPOLossConfig(beta=0.1)),
+        noise_detector=RollingQuantileDetector(RollingQuantileConfig(k=0.1, window=50, confidence="policy")),
+        refiner=LabelSmoothingRefiner(LabelSmoothingConfig(alpha=0.1, warmup_fraction=0.2)),
+        lam=0.0,
+        seed=0,
+        progress=False,
+    )
+    steps = read_metrics(tmp_path / "work")
+    assert summary["steps"] == len(steps) == 4
+    assert all(s["margins"] == 0.0 and s["grad_norm"] == 0.0 for s in steps)
+    assert all(s["loss"] == pytest.approx(math.log(2)) for s in steps)
+    before = dict(load_model(str(model)).named_parameters())
+    after = dict(load_model(str(tmp_path / "out")).named_parameters())
+    assert all(torch.equal(before[k], after[k]) for k in before)

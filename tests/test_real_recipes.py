@@ -89,6 +89,8 @@ def test_paper_and_released_code_presets_differ_as_specified() -> None:
     assert paper.noise_detector.args.lambda_ == [0.5, 0.25, 0.125]
     assert paper.noise_detector.args.confidence == "extrapolated"
     assert code.noise_detector.args.lambda_ == 0.0 and code.noise_detector.args.confidence == "policy"
+    # The code keeps pairs of two identical samples; the paper's preset drops them.
+    assert paper.pair_selector.args.drop_identical and not code.pair_selector.args.drop_identical
     for recipe in (paper, code):
         assert recipe.split.seed_size == 2000 and recipe.run.seed == 42
         assert recipe.data.name == "hub_preferences"

@@ -53,7 +53,7 @@ class HFGenerator:
             out_dir: folder of the shard files (see :mod:`spa_recipes.generation.shards`).
             seed: sampling seed; shard ``i`` is seeded from ``(seed, i)``.
             dtype: model dtype name (``auto``, ``float32``, ``bfloat16``, ``float16``).
-            max_prompt_length: prompts longer than this (in tokens) are cut at the start.
+            max_prompt_length: prompts longer than this (in tokens) keep their end (and BOS).
             device: where to run; this process's GPU when there is one, else CPU.
 
         Returns:

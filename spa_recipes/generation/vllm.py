@@ -1,9 +1,10 @@
 """Sampling K responses per prompt with a vLLM engine: the :class:`~spa_recipes.generation.hf.HFGenerator`
 contract (rows, sharded ``out_dir``, per-shard determinism) on a faster engine. vLLM is an optional extra.
 
-Prompts are rendered with the HF tokenizer's chat template (:func:`spa_recipes.sequences.encode_prompt`)
-and given to the engine as token ids, so both backends sample after exactly the same tokens; responses
-are cut at the first stop token and decoded by the same tokenizer, as the HF backend does.
+Prompts are rendered with the HF tokenizer's chat template, BOS once (:func:`spa_recipes.sequences.encode_prompt`,
+what vLLM itself makes of a text prompt, minus a doubled BOS), and given to the engine as token ids, so both
+backends sample after exactly the same tokens, the ones training and judging see; responses are cut at the
+first stop token and decoded by the same tokenizer, as the HF backend does.
 
 Determinism: every prompt gets its own sampling seed, derived from ``(seed, shard index, position in the
 shard)``, so a shard's responses do not depend on what else is in the engine's batch, on resumes or on the
@@ -74,7 +75,7 @@ class VLLMGenerator:
             out_dir: folder of the shard files (see :mod:`spa_recipes.generation.shards`).
             seed: sampling seed; prompt ``j`` of shard ``i`` is seeded from ``(seed, i, j)``.
             dtype: model dtype name (``auto``, ``float32``, ``bfloat16``, ``float16``).
-            max_prompt_length: prompts longer than this (in tokens) are cut at the start.
+            max_prompt_length: prompts longer than this (in tokens) keep their end (and BOS).
             device: ignored; vLLM places the engine itself (in a multi-process run, on this process's GPUs).
 
         Returns:

@@ -44,8 +44,9 @@ class ImplicitRewardJudge:
         previous_path: the model before the policy (reference ``"previous"``); ``None`` means the policy
             has no predecessor but the SFT model (iteration 1), so ``sft_path`` is used.
         dtype: model dtype name.
-        max_prompt_length: prompts longer than this are cut at the start (as in training).
-        max_length: prompt + response longer than this are cut at the end, EOS kept (as in training).
+        max_prompt_length: the length a prompt is cut to when prompt + longest response exceed
+            ``max_length`` (TRL's rule, :func:`spa_recipes.sequences.truncate`, as in training).
+        max_length: prompt + response; the responses of a row are cut together, as training cuts a pair.
         device: where to run; this process's GPU when there is one, else CPU.
         shard_size: rows per resumable shard when ``score`` is given an ``out_dir``.
     """
@@ -171,8 +172,8 @@ class _EncodedShards:
 
     Args:
         tokenizer_path: the tokenizer to encode with (loaded on first use).
-        max_prompt_length: prompts longer than this are cut at the start.
-        max_length: prompt + response longer than this are cut at the end, EOS kept.
+        max_prompt_length: the length a prompt is cut to when it has to be (TRL's rule).
+        max_length: prompt + longest response of a row; over it the row's prompt, then its responses, are cut.
     """
 
     def __init__(self, tokenizer_path: str, max_prompt_length: int | None, max_length: int | None) -> None:
@@ -200,12 +201,15 @@ class _EncodedShards:
         """
         packed = self._shards.pop(index, None) if drop else self._shards.get(index)
         if packed is None:
+            # A row's K responses share one prompt cut, as TRL cuts a pair (the released code judges the
+            # row's two samples as one pair); with K = 2 that is exactly the cut training gives the pair.
             encoded = encode_sequences(
                 self.tokenizer,
                 [r["prompt"] for r in chunk for _ in r["responses"]],
                 [resp for r in chunk for resp in r["responses"]],
                 self.max_prompt_length,
                 self.max_length,
+                group_sizes=[len(r["responses"]) for r in chunk],
             )
             if not drop:
                 # Labels are the ids with the prompt masked (join_prompt_response): its length suffices.

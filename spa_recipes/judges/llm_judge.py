@@ -5,8 +5,9 @@ The judge prompt is ``cfg.template`` filled with the instruction (the prompt's t
 backends read the answer:
 
 - ``hf``: a local causal LM (``transformers``). The prompt is rendered with the model's chat template and
-  generation prompt; ``p(A) = sigmoid(logit[a] - logit[b])`` where ``a``, ``b`` are the first tokens of
-  ``label_a`` and ``label_b`` at the next position. No text is generated or parsed.
+  generation prompt, BOS once (:func:`spa_recipes.sequences.encode_prompt`);
+  ``p(A) = sigmoid(logit[a] - logit[b])`` where ``a``, ``b`` are the first tokens of ``label_a`` and
+  ``label_b`` at the next position. No text is generated or parsed.
 - ``vllm``: the same quantity from a vLLM engine (built on first use; vllm is an optional extra). Each
   comparison is sent twice, ending in ``a`` and in ``b``, with ``prompt_logprobs=0``; the log-probs of
   those last prompt tokens give ``p(A)``. Prompt log-probs are always returned for the prompt's own tokens,

@@ -28,9 +28,7 @@ from spa_recipes.modeling import load_model, load_tokenizer, save_model
 from spa_recipes.schema import TrainingSection
 from spa_recipes.sequences import (
     collate,
-    encode_prompt,
-    encode_response,
-    join_prompt_response,
+    encode_responses,
     length_sorted_batches,
     response_logits,
     score_encoded,
@@ -59,9 +57,11 @@ def encode_pairs(
         missing = [k for k in ("id", "prompt", "chosen", "rejected") if k not in row]
         if missing:
             raise DataError(f"preference pair {row.get('id', f'#{n}')}: missing {', '.join(missing)}")
-        prompt = encode_prompt(tokenizer, row["prompt"], training.max_prompt_length)
-        chosen.append(join_prompt_response(prompt, encode_response(tokenizer, row["chosen"]), training.max_length))
-        rejected.append(join_prompt_response(prompt, encode_response(tokenizer, row["rejected"]), training.max_length))
+        # Chosen and rejected share one prompt cut, decided by the longer of the two (TRL's rule).
+        pair = [row["chosen"], row["rejected"]]
+        c, r = encode_responses(tokenizer, row["prompt"], pair, training.max_prompt_length, training.max_length)
+        chosen.append(c)
+        rejected.append(r)
     return chosen, rejected
 
 

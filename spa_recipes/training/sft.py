@@ -17,9 +17,7 @@ from spa_recipes.modeling import load_model, save_model
 from spa_recipes.schema import TrainingSection
 from spa_recipes.sequences import (
     collate,
-    encode_prompt,
-    encode_response,
-    join_prompt_response,
+    encode_responses,
     response_logits,
     shift_for_logps,
     takes_logits_to_keep,
@@ -76,8 +74,8 @@ def train_sft(
     for n, row in enumerate(examples):
         if "prompt" not in row or "response" not in row:
             raise DataError(f"sft example {row.get('id', f'#{n}')}: needs 'prompt' and 'response'")
-        prompt = encode_prompt(tokenizer, row["prompt"], training.max_prompt_length)
-        encoded.append(join_prompt_response(prompt, encode_response(tokenizer, row["response"]), training.max_length))
+        prompt, response = row["prompt"], [row["response"]]
+        encoded += encode_responses(tokenizer, prompt, response, training.max_prompt_length, training.max_length)
 
     trims = takes_logits_to_keep(model)
 
