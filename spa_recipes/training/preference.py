@@ -262,14 +262,17 @@ def train_preference(
         logps, ref_seq, conf_logps = (torch.cat(p)[back] if p else None for p in parts)
         return logps, ref_seq, conf_logps
 
+    def rows_of(indices: list[int]) -> list[Encoded]:
+        """The 2n sequences of the pairs at ``indices``: the chosen ones, then the rejected ones."""
+        return [chosen[i] for i in indices] + [rejected[i] for i in indices]
+
     def margins_of(
         model: Any, indices: list[int], with_reference: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Policy log-probs ``[2n]`` (chosen then rejected), reference log-probs ``[2n]`` and the detector's
         confidence margins ``beta * Delta_conf`` ``[n]`` of the pairs at ``indices``."""
         n = len(indices)
-        rows = [chosen[i] for i in indices] + [rejected[i] for i in indices]
-        logps, ref_seq, conf_logps = forward(model, rows, with_reference)
+        logps, ref_seq, conf_logps = forward(model, rows_of(indices), with_reference)
         if ref_seq is None:
             table = ref_table[indices].to(accelerator.device)
             ref_seq = torch.cat([table[:, 0], table[:, 1]])
@@ -298,7 +301,7 @@ def train_preference(
         n = len(indices)
         if flagged_ahead:
             ref_seq, conf_margins, flags = flagged_ahead.pop(0)
-            logps, _, _ = forward(model, [chosen[i] for i in indices] + [rejected[i] for i in indices], False)
+            logps, _, _ = forward(model, rows_of(indices), False)
         else:
             logps, ref_seq, conf_margins = margins_of(model, indices, extrapolate)
             flags = noise_detector.flag(conf_margins, accelerator)
@@ -322,7 +325,7 @@ def train_preference(
                 "threshold": float(noise_detector.threshold),
                 "mean_smoothing": float(smoothing.mean()),
             },
-            sums={"tokens": float(sum(len(chosen[i][0]) + len(rejected[i][0]) for i in indices)), "pairs": float(n)},
+            sums={"tokens": float(sum(len(ids) for ids, _ in rows_of(indices))), "pairs": float(n)},
             lists={"flagged_ids": [ids[i] for i, f in zip(indices, flags.tolist(), strict=True) if f]},
         )
 
