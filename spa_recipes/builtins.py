@@ -92,7 +92,10 @@ class PreferenceFileConfig(PreferenceColumnsConfig):
 class HubPreferencesConfig(PreferenceColumnsConfig):
     """Preference pairs from ``datasets.load_dataset`` (a hub id, or a local dataset folder)."""
 
-    path: str = Field(description="dataset id, e.g. argilla/ultrafeedback-binarized-preferences-cleaned")
+    path: str = Field(
+        description="dataset id, e.g. argilla/ultrafeedback-binarized-preferences-cleaned; or a local copy: a dataset "
+        "folder, or one .parquet/.jsonl/.json file read as the split"
+    )
     subset: str | None = Field(None, description="dataset configuration name (load_dataset's `name`)")
     split: str = Field("train", description="dataset split, e.g. train or train_prefs")
     revision: str | None = Field(None, description="branch, tag or commit of the dataset repo; pin it to reproduce")

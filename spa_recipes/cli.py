@@ -160,6 +160,42 @@ def run(
 
 
 @app.command()
+def rehearse(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    max_new_tokens: Annotated[
+        int,
+        typer.Option("--max-new-tokens", min=1, help="cap on the generation length (a random model writes to it)"),
+    ] = 64,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="progress bars (default: when on a terminal)")
+    ] = None,
+    allow_import: AllowImportOpt = None,
+) -> None:
+    """Run a GPU recipe end to end on this CPU with tiny random models of its classes, to find its errors first.
+
+    Kept: dtype, chat template, data schema, batch layout, judge, noise detector, refiner, evaluator.
+
+    Substituted: each model by a few MB of random weights made from its own config.json and tokenizer.
+
+    Scaled: the split (same proportions) and the generation length. Runs into <output_dir>/<name>-rehearsal.
+
+    Offline: models.sft=/folder/with/config-and-tokenizer data.path=/path/to/ultrafeedback.parquet
+    """
+    with _guard():
+        from spa_recipes.rehearse import rehearse as run_rehearsal
+
+        run_rehearsal(
+            recipe,
+            overrides or [],
+            allow_import=allow_import or [],
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+            say=typer.echo,
+        )
+
+
+@app.command()
 def graph(recipe: RecipeArg, overrides: OverridesArg = None, allow_import: AllowImportOpt = None) -> None:
     """Print the stage graph: each stage with its inputs, model, reference and data sizes."""
     with _guard():

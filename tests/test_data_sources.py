@@ -210,6 +210,27 @@ def test_hub_source_reads_a_local_dataset_with_split_and_columns(tmp_path: Path)
         HubPreferences(HubPreferencesConfig(path=str(folder), chosen_column="better")).rows()
 
 
+def test_hub_source_reads_a_local_copy_in_one_file(tmp_path: Path) -> None:
+    """`data.path=/file.parquet` on a hub recipe: the same source and column mapping, the file read as the split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(CONVERSATION_ROWS), tmp_path / "uf.parquet")
+    cfg = HubPreferencesConfig(path=str(tmp_path / "uf.parquet"), split="train_prefs", system_prompt="")
+    rows = HubPreferences(cfg).rows()
+    assert len(rows) == 6 and rows[2]["chosen"] == "good 2"
+    assert rows[2]["prompt"] == [{"role": "system", "content": ""}, {"role": "user", "content": "question 2"}]
+    jsonl = _write_jsonl(tmp_path / "uf.jsonl", CONVERSATION_ROWS[:3])
+    assert [r["rejected"] for r in HubPreferences(HubPreferencesConfig(path=str(jsonl))).rows()] == [
+        "bad 0",
+        "bad 1",
+        "bad 2",
+    ]
+    (tmp_path / "uf.csv").write_text("prompt,chosen,rejected\n")
+    with pytest.raises(DataError, match="unknown file type"):
+        HubPreferences(HubPreferencesConfig(path=str(tmp_path / "uf.csv"))).rows()
+
+
 def test_hub_source_passes_revision_to_load_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 

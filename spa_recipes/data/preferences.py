@@ -270,6 +270,10 @@ class PreferenceFile(_PreferenceSource):
 class HubPreferences(_PreferenceSource):
     """Preference pairs from ``datasets.load_dataset(path, subset, split=..., revision=...)`` (``hub_preferences``).
 
+    ``path`` may also be a local copy: a dataset folder (``load_dataset`` reads it), or one ``.parquet``,
+    ``.jsonl`` or ``.json`` file, read by ``datasets``' own builder for that format as the recipe's ``split``
+    (``subset`` and ``revision`` do not apply to a file). The column mapping is the recipe's either way.
+
     Args:
         cfg: dataset id, subset, split, revision and column mapping.
         **_: build context the source does not need.
@@ -284,10 +288,17 @@ class HubPreferences(_PreferenceSource):
 
         cfg = self.hub_cfg
         what = f"dataset '{cfg.path}' (split {cfg.split}{f', revision {cfg.revision}' if cfg.revision else ''})"
+        local = find_data_file(cfg.path)  # a local copy of the dataset in one file: its split is the recipe's
         try:
-            dataset = datasets.load_dataset(
-                cfg.path, cfg.subset, split=cfg.split, revision=cfg.revision, data_files=cfg.data_files
-            )
+            if local is not None:
+                builder = {"jsonl": "json"}.get(_format_of(local), _format_of(local))
+                dataset = datasets.load_dataset(builder, data_files={cfg.split: str(local)}, split=cfg.split)
+            else:
+                dataset = datasets.load_dataset(
+                    cfg.path, cfg.subset, split=cfg.split, revision=cfg.revision, data_files=cfg.data_files
+                )
+        except DataError:
+            raise
         except Exception as exc:  # not found, no network, bad split or subset: all the user's to fix
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(f"data: cannot load {what}: {message}") from None

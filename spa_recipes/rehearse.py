@@ -1,0 +1,817 @@
+"""``spa-recipe rehearse``: a GPU recipe run end to end on this CPU with tiny random models, before renting GPUs.
+
+Kept as the recipe writes it: ``models.dtype``, the data source and its schema (columns, system prompt), the
+split's proportions, every training stage's batch layout (``batch_size`` x ``gradient_accumulation_steps``),
+the judge, pair selector, noise detector, refiner, loss and evaluator, and the runner itself
+(:func:`spa_recipes.runner.run.execute`).
+
+Substituted:
+
+- every model the recipe names by hub id or folder (``models.sft``, an ``llm_judge`` or ``reward_model``
+  judge or evaluator) by a randomly initialised model of the same class, made from that model's own
+  ``config.json`` shrunk by :func:`tiny_config`, with its real tokenizer (chat template, vocabulary, special
+  tokens) and generation config. Only the config and tokenizer files are read, never the weights.
+- PairRM (as judge or evaluator) by a tiny DeBERTa-v2 PairRM in the ``llm-blender/PairRM-hf`` layout, with
+  PairRM's own tokenizer when its files are on this machine, else with the policy's tokenizer.
+
+Scaled: the split, by one factor for all its sets, to the smallest that gives every training stage
+``MIN_STEPS`` optimiser steps per epoch; and ``generation.max_new_tokens`` (a random model writes to the
+limit, so it sets the time of every stage). The run goes to ``<output_dir>/<run.name>-rehearsal``, never
+the real run's directory; the tiny models and the plan lie in its ``rehearsal/`` folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import math
+import os
+import shutil
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from spa_recipes.errors import DataError, UserError
+from spa_recipes.recipe import launched_processes, load_recipe
+from spa_recipes.schema import ComponentSpec, Recipe, TrainingSection
+
+MIN_STEPS = 2  # optimiser steps per epoch every training stage gets
+MAX_NEW_TOKENS = 64  # default cap on generation.max_new_tokens
+TINY_LAYERS = 2
+TINY_HEADS = 4  # query heads when the grouped-query ratio allows
+TINY_HEAD_DIM = 8  # widened where a partial rotary embedding needs an even rotary width
+SUFFIX = "-rehearsal"
+WORK = "rehearsal"  # folder in the run directory: tiny models, plan.json, traceback.txt
+FETCH_PATTERNS = "'*.json' '*.model' '*.txt' '*.jinja'"  # config, tokenizer, chat template: no weights
+DEBERTA_V3 = {  # the shape of microsoft/deberta-v3-large, PairRM's backbone, when its config is not here
+    "relative_attention": True,
+    "position_buckets": 256,
+    "norm_rel_ebd": "layer_norm",
+    "share_att_key": True,
+    "pos_att_type": ["p2c", "c2p"],
+    "position_biased_input": False,
+    "type_vocab_size": 0,
+    "max_position_embeddings": 512,
+    "layer_norm_eps": 1e-7,
+    "hidden_act": "gelu",
+}
+# Component sections whose hub models are substituted: component name -> (argument, transformers auto class).
+HUB_MODEL_ARGS = {
+    "llm_judge": ("model", "AutoModelForCausalLM"),
+    "reward_model": ("path", "AutoModelForSequenceClassification"),
+}
+
+
+@dataclass
+class Plan:
+    """A prepared rehearsal.
+
+    Attributes:
+        recipe: the rehearsal's recipe, validated (the user's overrides, then the rehearsal's).
+        run_dir: where it runs (``<output_dir>/<run.name>-rehearsal``).
+        overrides: the rehearsal's own overrides, applied after the user's.
+        notes: one line per thing substituted, scaled or kept.
+    """
+
+    recipe: Recipe
+    run_dir: Path
+    overrides: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """A rehearsal that passed (one that fails raises, after saying its verdict).
+
+    Attributes:
+        plan: what ran.
+        seconds: wall time of the run (preparation excluded).
+        verdict: the one-line verdict.
+    """
+
+    plan: Plan
+    seconds: float
+    verdict: str
+
+
+@dataclass(frozen=True)
+class ScaledSplit:
+    """The rehearsal's split: counts of rows, and the factor applied to the recipe's."""
+
+    seed_size: int
+    prompts_per_iteration: list[int]
+    eval_holdout: int
+    factor: float
+
+    @property
+    def rows(self) -> int:
+        return self.seed_size + sum(self.prompts_per_iteration) + self.eval_holdout
+
+
+# Running ------------------------------------------------------------------------------------------------
+
+
+def rehearse(
+    recipe_path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    allow_import: Sequence[str] = (),
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    min_steps: int = MIN_STEPS,
+    progress: bool | None = None,
+    say: Callable[[str], None] = print,
+) -> Outcome:
+    """Prepare (:func:`prepare`) and run a rehearsal, then say a one-line verdict.
+
+    Args:
+        recipe_path: the recipe YAML (a GPU recipe, typically).
+        overrides: the user's ``key=value`` overrides, as for ``spa-recipe run``.
+        allow_import: module prefixes the recipe may name components from.
+        max_new_tokens: cap on ``generation.max_new_tokens`` and ``evaluation.max_new_tokens``.
+        min_steps: optimiser steps per epoch every training stage must get.
+        progress: progress bars (True), log lines (False), or bars on a terminal (None).
+        say: where the substitutions and the verdict are written.
+
+    Returns:
+        The outcome of a rehearsal that passed.
+
+    Raises:
+        UserError: the recipe, its models or its data cannot be rehearsed here (one line each), or a stage
+            failed with a user error (after the verdict is said).
+        Exception: whatever a stage raised, after the verdict is said; the traceback is also kept in
+            ``<run_dir>/rehearsal/traceback.txt``.
+    """
+    with _offline_if_unreachable():
+        plan = prepare(
+            recipe_path,
+            overrides,
+            allow_import=allow_import,
+            max_new_tokens=max_new_tokens,
+            min_steps=min_steps,
+        )
+        say(f"rehearsal of {recipe_path} in {plan.run_dir}")
+        for note in plan.notes:
+            say(f"  {note}")
+        from spa_recipes.runner.run import execute
+
+        started = time.time()
+        try:
+            execute(plan.recipe, progress=progress)
+        except BaseException as exc:
+            seconds = time.time() - started
+            stage = _running_stage(plan.run_dir) or "(before the first stage)"
+            if isinstance(exc, KeyboardInterrupt):
+                say(f"rehearsal interrupted at stage {stage} after {seconds:.0f} s")
+                raise
+            (plan.run_dir / WORK / "traceback.txt").write_text("".join(traceback.format_exception(exc)))
+            message = _first_line(exc) if str(exc).strip() else ""
+            say(
+                f"rehearsal FAILED at stage {stage} after {seconds:.0f} s: {type(exc).__name__}: {message} "
+                f"({_where(exc)}; traceback in {plan.run_dir / WORK / 'traceback.txt'})"
+            )
+            raise
+    seconds = time.time() - started
+    verdict = _passed_verdict(plan, seconds, min_steps)
+    say(verdict)
+    return Outcome(plan, seconds, verdict)
+
+
+def prepare(
+    recipe_path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    allow_import: Sequence[str] = (),
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    min_steps: int = MIN_STEPS,
+) -> Plan:
+    """Build the tiny models, scale the split and validate the rehearsal's recipe; nothing is trained yet.
+
+    The rehearsal's run directory is emptied first (it must be one: it holds ``rehearsal/plan.json``).
+
+    Args:
+        recipe_path: the recipe YAML.
+        overrides: the user's overrides (``models.sft=/folder``, ``data.path=/file.parquet``, ...).
+        allow_import: module prefixes the recipe may name components from.
+        max_new_tokens: cap on the generation length.
+        min_steps: optimiser steps per epoch every training stage must get.
+
+    Returns:
+        The plan, its recipe validated.
+
+    Raises:
+        UserError: the recipe does not validate; a model's config or tokenizer, or the data, is not on this
+            machine and the hub cannot be reached (the line says what to fetch or override); the data has
+            too few rows; the run directory exists and is not a rehearsal's; a multi-process launch.
+    """
+    if launched_processes() > 1:
+        raise UserError("rehearse runs in one process; start it without torchrun or accelerate launch")
+    recipe = load_recipe(recipe_path, overrides, allow_import=allow_import)
+    name = f"{recipe.run.name}{SUFFIX}"
+    run_dir = Path(recipe.run.output_dir) / name
+    work = _fresh_work_dir(run_dir)
+    dtype = recipe.models.dtype
+    own = [f"run.name={json.dumps(name)}"]
+    notes: list[str] = []
+
+    if recipe.models.sft is not None:
+        tiny = shrink_pretrained(recipe.models.sft, work / "sft", key="models.sft", dtype=dtype, seed=recipe.run.seed)
+        own.append(f"models.sft={json.dumps(str(tiny.path))}")
+        notes.append(f"models.sft: {recipe.models.sft} -> {tiny.describe()}")
+        notes += [f"models.sft: {w}" for w in tiny.warnings]
+        policy_tokenizer = tiny.path
+    else:
+        base = recipe.models.base.name if recipe.models.base else "?"
+        notes.append(f"models.base: component '{base}' (the sft stage builds it from its config): kept")
+        policy_tokenizer = None
+    if recipe.models.tokenizer is not None:
+        notes.append(f"models.tokenizer: {recipe.models.tokenizer}: kept (the runner loads each model's own)")
+
+    for key, spec in _judging_sections(recipe):
+        override, note = _substitute_judge(key, spec, work, policy_tokenizer, dtype, recipe.run.seed)
+        own += override
+        notes += note
+
+    usable, skipped, what = _usable_rows(recipe)
+    split = scale_split(recipe, usable, min_steps)
+    if split.rows > usable:
+        raise DataError(
+            f"data: the rehearsal needs {split.rows} usable rows (seed {split.seed_size} + prompts "
+            f"{split.prompts_per_iteration} + eval {split.eval_holdout}: the recipe's proportions at {min_steps} "
+            f"optimiser steps per training stage) but {what} has {usable} ({skipped} skipped); give a larger file"
+        )
+    own += [f"split.seed_size={split.seed_size}", f"split.eval_holdout={split.eval_holdout}"]
+    if recipe.iterations > 0:
+        own.append(f"split.prompts_per_iteration={json.dumps(split.prompts_per_iteration)}")
+    notes.append(f"data: {what}: {usable} usable rows ({skipped} skipped)")
+    notes.append(_split_note(recipe, split, min_steps))
+
+    generation = recipe.generation.args
+    if getattr(generation, "max_new_tokens", 0) > max_new_tokens:
+        own.append(f"generation.max_new_tokens={max_new_tokens}")
+        notes.append(
+            f"generation.max_new_tokens: {generation.max_new_tokens} -> {max_new_tokens} (time: a random model "
+            f"writes to the limit; --max-new-tokens {generation.max_new_tokens} keeps the recipe's)"
+        )
+    if (recipe.evaluation.max_new_tokens or 0) > max_new_tokens:
+        own.append(f"evaluation.max_new_tokens={max_new_tokens}")
+        notes.append(f"evaluation.max_new_tokens: {recipe.evaluation.max_new_tokens} -> {max_new_tokens} (time)")
+    notes.append(_kept_note(recipe))
+
+    rehearsal = load_recipe(recipe_path, [*overrides, *own], allow_import=allow_import)
+    plan = Plan(rehearsal, run_dir, own, notes)
+    record = {"recipe": str(recipe_path), "overrides": list(overrides), "rehearsal": own, "notes": notes}
+    (work / "plan.json").write_text(json.dumps(record, indent=1))
+    return plan
+
+
+def _fresh_work_dir(run_dir: Path) -> Path:
+    """Empty the rehearsal's run directory (only if it is one) and make its ``rehearsal/`` folder."""
+    work = run_dir / WORK
+    if run_dir.exists():
+        if not (work / "plan.json").exists():
+            raise UserError(
+                f"{run_dir}: exists and is not a rehearsal's (no {WORK}/plan.json); move it away or set run.name"
+            )
+        shutil.rmtree(run_dir)
+    work.mkdir(parents=True)
+    (work / "plan.json").write_text("{}")  # marks the folder as a rehearsal's from the start
+    return work
+
+
+def _running_stage(run_dir: Path) -> str | None:
+    from spa_recipes.runner.run import read_manifest
+
+    stages = read_manifest(run_dir)["stages"] if run_dir.exists() else {}
+    return next((name for name, entry in stages.items() if entry.get("status") == "running"), None)
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame in spa_recipes, and the one that raised when it is elsewhere (``file:line in name``)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "no traceback"
+    marker = f"{os.sep}spa_recipes{os.sep}"
+
+    def show(frame: traceback.FrameSummary) -> str:
+        filename = frame.filename
+        if marker in filename:
+            filename = "spa_recipes" + os.sep + filename.rsplit(marker, 1)[1]
+        return f"{filename}:{frame.lineno} in {frame.name}"
+
+    ours = [f for f in frames if marker in f.filename]
+    if not ours or ours[-1] is frames[-1]:
+        return show(frames[-1])
+    return f"{show(ours[-1])}, raised at {show(frames[-1])}"
+
+
+def _passed_verdict(plan: Plan, seconds: float, min_steps: int) -> str:
+    from spa_recipes.runner.graph import build_graph
+    from spa_recipes.runner.run import read_manifest
+
+    manifest = read_manifest(plan.run_dir)["stages"]
+    stages = {s.name: manifest.get(s.name, {}) for s in build_graph(plan.recipe)}
+    steps = {
+        name: entry["summary"]["steps"]
+        for name, entry in stages.items()
+        if isinstance(entry.get("summary"), dict) and "steps" in entry["summary"]
+    }
+    few = [name for name, n in steps.items() if n < min_steps]
+    shown = ", ".join(f"{name} {n}" for name, n in steps.items())
+    warning = f"; warning: fewer than {min_steps} optimiser steps in {', '.join(few)}" if few else ""
+    return (
+        f"rehearsal passed: all {len(stages)} stages ran in {seconds:.0f} s (optimiser steps: {shown}){warning}; "
+        f"{plan.run_dir / 'results.json'} (random models: its numbers mean nothing)"
+    )
+
+
+# Hub access ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub can be reached: no under ``HF_HUB_OFFLINE``, else a 3 s connection try."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # through a proxy: let the hub client try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _offline_if_unreachable() -> Iterator[None]:
+    """With no hub, tell the hub clients so (``HF_HUB_OFFLINE=1``): they read their caches without retrying.
+
+    Takes effect for the libraries imported from here on (the ``spa-recipe`` process imports them later).
+    """
+    if hub_reachable():
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class NotOnThisMachine(UserError):
+    """A hub model or file that is neither in a folder nor in the local cache, with no hub to fetch it from."""
+
+
+def from_pretrained(loader: Callable[..., Any], name: str, key: str) -> Any:
+    """``loader(name)`` from a local folder, the local HF cache, or the hub when it can be reached.
+
+    Args:
+        loader: a ``from_pretrained`` (``AutoConfig.from_pretrained``, ``AutoTokenizer.from_pretrained``, ...).
+        name: a folder or a hub id.
+        key: the recipe key that names it, for messages.
+
+    Returns:
+        What the loader returns.
+
+    Raises:
+        UserError: one line: the folder lacks the file, or the hub cannot give it.
+        NotOnThisMachine: the hub id is neither cached nor reachable (the line gives the command that fetches
+            only the config and tokenizer files, and the override that names a folder instead).
+    """
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        try:
+            return loader(str(folder))
+        except (OSError, ValueError, ImportError) as exc:
+            raise UserError(f"{key} '{name}': {_first_line(exc)}") from None
+    try:
+        return loader(name, local_files_only=True)
+    except (OSError, ValueError, ImportError):
+        pass
+    if hub_reachable():
+        try:
+            return loader(name)
+        except (OSError, ValueError, ImportError) as exc:
+            raise UserError(f"{key} '{name}': {_first_line(exc)}") from None
+    raise NotOnThisMachine(
+        f"{key} '{name}': not on this machine (not a folder, not in the Hugging Face cache) and the hub cannot be "
+        f"reached; rehearse needs only its config.json and tokenizer files: run `hf download {name} --include "
+        f"{FETCH_PATTERNS}` where the hub is reachable (it fills ~/.cache/huggingface/hub; copy that here), or "
+        f"give a folder that holds them: {key}=/path/to/folder"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# Tiny models --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TinyModel:
+    """A tiny model folder made by :func:`shrink_pretrained`."""
+
+    path: Path
+    class_name: str
+    config: Any
+    parameters: int
+    megabytes: float
+    dtype: str
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        c = self.config
+        heads, kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        return (
+            f"{self.class_name} ({c.model_type}), random init: {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+            f"{heads} heads ({kv} kv) of {c.head_dim}, vocab {c.vocab_size}, {self.dtype}: "
+            f"{self.parameters / 1e6:.1f}M parameters, {self.megabytes:.1f} MB ({self.path})"
+        )
+
+
+def tiny_config(config: Any) -> Any:
+    """A copy of a transformers model config shrunk to a few MB, of the same class and ``model_type``.
+
+    ``TINY_LAYERS`` layers (one of each kind when the config lists ``layer_types``); ``TINY_HEADS`` query heads
+    with the original's grouped-query ratio (more heads when the ratio is larger); heads ``TINY_HEAD_DIM``
+    wide, widened until a partial rotary embedding gets an even width; MLP twice the hidden size; rotary
+    scaling factor lists cut to the new rotary width. The vocabulary, positions, rotary base, sliding window,
+    tied embeddings and special token ids stay as they are.
+
+    Args:
+        config: a ``PretrainedConfig`` of a decoder (``num_attention_heads``, ``hidden_size``, ...).
+
+    Returns:
+        The shrunk copy (the original is not changed).
+    """
+    config = copy.deepcopy(config)
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    ratio = heads // kv if heads % kv == 0 else 1
+    new_kv = max(1, TINY_HEADS // ratio)
+    new_heads = new_kv * ratio
+    ropes = [r for r in (getattr(config, "rope_parameters", None), getattr(config, "rope_scaling", None)) if r]
+    partial = getattr(config, "partial_rotary_factor", None) or next(
+        (r["partial_rotary_factor"] for r in _rope_dicts(ropes) if r.get("partial_rotary_factor")), 1.0
+    )
+    head_dim = TINY_HEAD_DIM
+    while int(head_dim * partial) < 2 or int(head_dim * partial) % 2:
+        head_dim += 2
+    config.num_attention_heads = new_heads
+    if hasattr(config, "num_key_value_heads"):
+        config.num_key_value_heads = new_kv
+    config.head_dim = head_dim
+    config.hidden_size = new_heads * head_dim
+    if hasattr(config, "intermediate_size"):
+        config.intermediate_size = 2 * config.hidden_size
+    layers = TINY_LAYERS
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and layer_types:
+        kinds = list(dict.fromkeys(layer_types))
+        layers = max(layers, len(kinds))
+        config.layer_types = [kinds[i % len(kinds)] for i in range(layers)]
+    config.num_hidden_layers = layers
+    rotary_half = int(head_dim * partial) // 2
+    for rope in _rope_dicts(ropes):
+        for key in ("short_factor", "long_factor"):
+            if isinstance(rope.get(key), list):
+                rope[key] = rope[key][:rotary_half]
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
+def _rope_dicts(ropes: list[Any]) -> list[dict[str, Any]]:
+    """The rotary settings dicts, including those nested per layer type."""
+    found: list[dict[str, Any]] = []
+    for rope in ropes:
+        if isinstance(rope, dict):
+            found.append(rope)
+            found += _rope_dicts([v for v in rope.values() if isinstance(v, dict)])
+    return found
+
+
+def shrink_pretrained(
+    source: str, out: Path, *, key: str, dtype: str, seed: int, auto_class: str = "AutoModelForCausalLM"
+) -> TinyModel:
+    """A tiny random model of ``source``'s class, saved with ``source``'s tokenizer and generation config.
+
+    Reads ``source``'s ``config.json``, tokenizer files and ``generation_config.json`` (a folder, the HF cache,
+    or the hub when reachable), never its weights.
+
+    Args:
+        source: folder or hub id of the model.
+        out: folder to ``save_pretrained`` into.
+        key: the recipe key naming the model, for messages.
+        dtype: the recipe's ``models.dtype``: the weights are saved in it (``auto``: float32 here).
+        seed: torch seed of the initialisation.
+        auto_class: the transformers auto class the run loads the model with.
+
+    Returns:
+        The tiny model's folder and description.
+
+    Raises:
+        UserError: the config or tokenizer cannot be read (see :func:`from_pretrained`), the tokenizer has no
+            chat template, or transformers has no ``auto_class`` model for the config.
+    """
+    import torch
+    import transformers
+
+    from spa_recipes.modeling import load_tokenizer, resolve_dtype
+
+    config = from_pretrained(transformers.AutoConfig.from_pretrained, source, key)
+    tokenizer = from_pretrained(transformers.AutoTokenizer.from_pretrained, source, key)
+    try:
+        generation = from_pretrained(transformers.GenerationConfig.from_pretrained, source, key)
+    except UserError:
+        generation = None  # a model without generation_config.json: the one made from its config
+    small = tiny_config(config)
+    torch_dtype = resolve_dtype(dtype)
+    transformers.utils.logging.disable_progress_bar()  # as the runner does: its own lines say what happens
+    torch.manual_seed(seed)
+    try:
+        model = getattr(transformers, auto_class).from_config(small, dtype=torch_dtype)
+    except ValueError as exc:
+        raise UserError(f"{key} '{source}': {_first_line(exc)}") from None
+    if generation is not None:
+        model.generation_config = generation
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    try:
+        load_tokenizer(str(out))  # what every stage does: a chat template and a pad token
+    except UserError as exc:
+        raise UserError(f"{key}: {exc.problems[0].replace(str(out), source)}") from None
+    unique = {id(p): p for p in model.parameters()}.values()
+    warnings = []
+    if len(tokenizer) > small.vocab_size:
+        warnings.append(
+            f"warning: the tokenizer has {len(tokenizer)} tokens but the model's embedding {small.vocab_size}: "
+            "ids past the embedding fail"
+        )
+    return TinyModel(
+        path=out.resolve(),
+        class_name=type(model).__name__,
+        config=small,
+        parameters=sum(p.numel() for p in unique),
+        megabytes=sum(p.numel() * p.element_size() for p in unique) / 2**20,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        warnings=warnings,
+    )
+
+
+# Judges and evaluators ----------------------------------------------------------------------------------
+
+
+def _judging_sections(recipe: Recipe) -> list[tuple[str, ComponentSpec]]:
+    sections = [("judge", recipe.judge)]
+    if recipe.evaluation.evaluator is not None:
+        sections.append(("evaluation.evaluator", recipe.evaluation.evaluator))
+    return sections
+
+
+def _substitute_judge(
+    key: str, spec: ComponentSpec, work: Path, policy_tokenizer: Path | None, dtype: str, seed: int
+) -> tuple[list[str], list[str]]:
+    """Overrides and notes for a judge or evaluator that loads a model of its own."""
+    folder = work / key.replace(".", "_")
+    if spec.name == "pairrm":
+        path, note = tiny_pairrm(spec.args, folder, policy_tokenizer=policy_tokenizer, seed=seed)
+        overrides = [f"{key}.path={json.dumps(str(path))}", f"{key}.backbone=null"]
+        return overrides, [f"{key} (pairrm): {spec.args.path} -> {note}"]
+    if spec.name in HUB_MODEL_ARGS:
+        arg, auto_class = HUB_MODEL_ARGS[spec.name]
+        source = getattr(spec.args, arg)
+        if source is None or getattr(spec.args, "backend", "hf") != "hf":
+            return [], [f"{key} ({spec.name}): kept as written"]
+        tiny = shrink_pretrained(source, folder, key=f"{key}.{arg}", dtype=dtype, seed=seed, auto_class=auto_class)
+        return [f"{key}.{arg}={json.dumps(str(tiny.path))}"], [f"{key}.{arg}: {source} -> {tiny.describe()}"]
+    return [], []
+
+
+def tiny_pairrm(cfg: Any, out: Path, *, policy_tokenizer: Path | None, seed: int) -> tuple[Path, str]:
+    """A tiny random PairRM in the ``llm-blender/PairRM-hf`` layout, which :func:`load_pairrm` reads.
+
+    The DeBERTa-v2 backbone is the checkpoint's own config shrunk (2 layers, hidden 32, 4 heads) and the
+    tokenizer is its own, when PairRM's config and tokenizer files (and its backbone's config) are on this
+    machine or the hub is reachable; otherwise a DeBERTa-v3-shaped config over the policy's tokenizer.
+
+    Args:
+        cfg: the judge's ``PairRMJudgeConfig``.
+        out: the folder to write.
+        policy_tokenizer: a folder with the policy's tokenizer (the fallback).
+        seed: torch seed of the initialisation.
+
+    Returns:
+        ``(folder, a note saying what it is)``.
+
+    Raises:
+        UserError: PairRM's files are not here and there is no policy tokenizer to fall back on.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoTokenizer, DebertaV2Config
+
+    from spa_recipes.judges.pairrm import MARKERS, PairRMModel
+
+    try:
+        backbone, tokenizer = _pairrm_backbone_and_tokenizer(cfg, AutoConfig, AutoTokenizer, DebertaV2Config)
+        origin = "its own tokenizer"
+    except UserError as exc:
+        if policy_tokenizer is None:
+            raise
+        backbone = DebertaV2Config(**DEBERTA_V3)
+        tokenizer = AutoTokenizer.from_pretrained(str(policy_tokenizer))
+        why = (
+            "they are not on this machine and the hub cannot be reached"
+            if isinstance(exc, NotOnThisMachine)
+            else (exc.problems[0])
+        )
+        origin = (
+            f"the policy's tokenizer, in place of PairRM's own config and tokenizer: {why} (to rehearse with them: "
+            f"hf download {cfg.path} --include {FETCH_PATTERNS}, and the same for its backbone)"
+        )
+    missing = [m for m in MARKERS if m not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing)
+    small = copy.deepcopy(backbone)
+    small.update(
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "pooler_hidden_size": 32,
+            "vocab_size": len(tokenizer),
+            "n_tasks": 1,
+            "drop_out": 0.05,
+        }
+    )
+    torch.manual_seed(seed)
+    model = PairRMModel(small, n_tasks=1)
+    out.mkdir(parents=True, exist_ok=True)
+    small.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+    size = sum(p.numel() for p in model.parameters())
+    return out.resolve(), f"tiny DeBERTa-v2 PairRM, random init ({size / 1e6:.1f}M parameters) on {origin} ({out})"
+
+
+def _pairrm_backbone_and_tokenizer(cfg: Any, auto_config: Any, auto_tokenizer: Any, deberta: Any) -> tuple[Any, Any]:
+    """PairRM's backbone config and tokenizer, from its folder, the HF cache or the hub (no weights read)."""
+    config_file = from_pretrained(_file_getter("config.json"), cfg.path, "pairrm path")
+    meta = json.loads(Path(config_file).read_text())
+    folder = Path(config_file).parent
+    if "ranker_type" in meta:
+        base = cfg.backbone or meta.get("model_name")
+        if not base:
+            raise UserError(f"PairRM '{cfg.path}': its config names no model_name; set the judge's backbone")
+        backbone = from_pretrained(auto_config.from_pretrained, base, "pairrm backbone")
+        sources = [str(folder), base]
+    else:
+        backbone, sources = deberta.from_pretrained(str(folder)), [str(folder)]
+    for source in sources:
+        with contextlib.suppress(UserError):
+            return backbone, from_pretrained(auto_tokenizer.from_pretrained, source, "pairrm tokenizer")
+    raise UserError(f"PairRM '{cfg.path}': no tokenizer in {sources}")
+
+
+def _file_getter(filename: str) -> Callable[..., str]:
+    """A loader for :func:`from_pretrained` that returns the local path of one file of a folder or hub repo."""
+
+    def get(name: str, **kwargs: Any) -> str:
+        if Path(name).is_dir():
+            path = Path(name) / filename
+            if not path.is_file():
+                raise OSError(f"no {filename} in {name}")
+            return str(path)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return hf_hub_download(name, filename, **kwargs)
+        except Exception as exc:  # the hub client's errors are not all OSErrors
+            raise OSError(_first_line(exc)) from None
+
+    return get
+
+
+# Data and split -----------------------------------------------------------------------------------------
+
+
+def _usable_rows(recipe: Recipe) -> tuple[int, int, str]:
+    """``(usable rows, skipped rows, a name for the data)`` as the split stage will count them.
+
+    Raises:
+        DataError: the data cannot be loaded; for a hub dataset that is not here, with what to give instead.
+    """
+    from spa_recipes.data.files import find_data_file
+    from spa_recipes.registry import get_registry
+    from spa_recipes.stages.split import clean_rows
+
+    args = recipe.data.args
+    path = getattr(args, "path", None)
+    component = get_registry().get("dataset", recipe.data.name)
+    assert component is not None, f"dataset '{recipe.data.name}' was validated but is not registered"
+    try:
+        rows = component.build(args).rows()
+    except DataError as exc:
+        local = isinstance(path, str) and (find_data_file(path) is not None or Path(path).expanduser().is_dir())
+        if recipe.data.name != "hub_preferences" or local or "cannot load" not in exc.problems[0]:
+            raise
+        raise DataError(
+            f"data.path '{path}': {exc.problems[0].split(': ', 2)[-1]}; rehearse with a local copy of the same "
+            "schema (the recipe's columns and system prompt are kept): data.path=/path/to/file.parquet "
+            "(or .jsonl, .json, or a dataset folder)"
+        ) from None
+    kept, skipped = clean_rows(rows)
+    found = find_data_file(path) if isinstance(path, str) else None
+    return len(kept), sum(skipped.values()), f"{recipe.data.name} {found or path or ''}".strip()
+
+
+def _layout(training: TrainingSection) -> int:
+    """Examples per optimiser step in one process."""
+    return training.batch_size * training.gradient_accumulation_steps
+
+
+def scale_split(recipe: Recipe, usable: int, min_steps: int = MIN_STEPS) -> ScaledSplit:
+    """The recipe's split scaled by one factor, to the smallest size that trains every stage ``min_steps`` steps.
+
+    Counts stay counts and fractions become counts of the ``usable`` rows. The factor is the largest of
+    ``min_steps x batch_size x gradient_accumulation_steps / set size`` over the training sets (the seed set
+    for seed DPO, each iteration's prompts: one pair per prompt at most), capped at 1. Each set is rounded up;
+    a non-empty eval hold-out keeps at least 2 prompts.
+
+    Args:
+        recipe: the recipe.
+        usable: rows the split will have after dropping malformed and duplicate ones.
+        min_steps: optimiser steps per epoch each training stage must get.
+
+    Returns:
+        The scaled counts and the factor.
+    """
+
+    def count(value: float) -> float:
+        return float(value) if value >= 1 else value * usable
+
+    split, t = recipe.split, recipe.iterations
+    per = split.prompts_per_iteration
+    seed = count(split.seed_size)
+    prompts = [count(per[i] if isinstance(per, list) else per) for i in range(t)]
+    holdout = count(split.eval_holdout)
+    needs = [(p, min_steps * _layout(recipe.training.iteration)) for p in prompts]
+    if recipe.training.seed is not None:
+        needs.append((seed, min_steps * _layout(recipe.training.seed)))
+    factor = min(1.0, max((need / max(size, 1e-9) for size, need in needs), default=0.0))
+
+    def scaled(size: float) -> int:
+        return max(1, math.ceil(size * factor - 1e-9))
+
+    evals = 0 if holdout < 1 else max(min(2, int(holdout)), math.ceil(holdout * factor - 1e-9))
+    return ScaledSplit(scaled(seed), [scaled(p) for p in prompts], evals, factor)
+
+
+def _split_note(recipe: Recipe, split: ScaledSplit, min_steps: int) -> str:
+    from spa_recipes.training.loop import plan_steps
+
+    layouts = []
+    if recipe.training.seed is not None:
+        t = recipe.training.seed
+        steps = plan_steps(split.seed_size, t, 1).total_steps
+        layouts.append(f"seed DPO {t.batch_size} x {t.gradient_accumulation_steps}: {steps} steps")
+    if recipe.iterations:
+        t = recipe.training.iteration
+        steps = [plan_steps(n, t, 1).total_steps for n in split.prompts_per_iteration]
+        layouts.append(f"iterations {t.batch_size} x {t.gradient_accumulation_steps}: up to {steps} steps")
+    s = recipe.split
+    return (
+        f"split: seed_size {s.seed_size} -> {split.seed_size}, prompts_per_iteration {s.prompts_per_iteration} -> "
+        f"{split.prompts_per_iteration}, eval_holdout {s.eval_holdout} -> {split.eval_holdout} (x{split.factor:.3g}, "
+        f"the recipe's proportions; >= {min_steps} optimiser steps per epoch at the recipe's batch layout: "
+        f"{'; '.join(layouts) or 'no training stage'})"
+    )
+
+
+def _kept_note(recipe: Recipe) -> str:
+    sections = ["judge", "pair_selector", "noise_detector", "refiner", "loss"]
+    named = ", ".join(f"{s} {getattr(recipe, s).name}" for s in sections)
+    evaluator = recipe.evaluation.evaluator.name if recipe.evaluation.evaluator else "none"
+    return (
+        f"kept: models.dtype {recipe.models.dtype}, the tokenizer's chat template, data columns and system prompt, "
+        f"batch layout and gradient accumulation, {recipe.iterations} iterations, {named}, evaluator {evaluator}, "
+        f"generation {recipe.generation.name}"
+    )
