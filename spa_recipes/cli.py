@@ -167,6 +167,12 @@ def rehearse(
         int,
         typer.Option("--max-new-tokens", min=1, help="cap on the generation length (a random model writes to it)"),
     ] = 64,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes", min=1, help="the launch it is meant for (e.g. 8 GPUs): its optimiser batch, in one process"
+        ),
+    ] = 1,
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="progress bars (default: when on a terminal)")
     ] = None,
@@ -190,6 +196,7 @@ def rehearse(
             overrides or [],
             allow_import=allow_import or [],
             max_new_tokens=max_new_tokens,
+            processes=processes,
             progress=progress,
             say=typer.echo,
         )

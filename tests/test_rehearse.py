@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from helpers_rehearse import corpus, install_in_hub_cache, make_model_folder, make_pairrm_files, make_ultrafeedback
 
-from spa_recipes import rehearse as rehearse_module
-from spa_recipes.errors import DataError, UserError
+from spa_recipes import tiny_models
+from spa_recipes.errors import DataError, RecipeError, UserError
 from spa_recipes.recipe import load_recipe
-from spa_recipes.rehearse import prepare, rehearse, scale_split, tiny_config
+from spa_recipes.rehearse import prepare, rehearse, scale_split
+from spa_recipes.tiny_models import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -52,9 +53,9 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rehearse_module.hub_reachable.cache_clear()
+    tiny_models.hub_reachable.cache_clear()
     yield
-    rehearse_module.hub_reachable.cache_clear()
+    tiny_models.hub_reachable.cache_clear()
 
 
 def cli(*args: str, cwd: Path = REPO, timeout: int = 240, **env: str) -> subprocess.CompletedProcess[str]:
@@ -159,6 +160,23 @@ def test_rehearsal_keeps_the_recipe_and_scales_only_what_it_says(hub: dict[str, 
     # Partial rotary 0.4: heads 10 wide so that the rotary part (4) is even; the embedding padded past the tokenizer.
     config = json.loads((tmp_path / "phi2_spa-rehearsal" / "rehearsal" / "sft" / "config.json").read_text())
     assert config["head_dim"] == 10 and config["vocab_size"] > 1500 and config["model_type"] == "phi"
+
+
+def test_a_multi_gpu_layout_is_rehearsed_with_its_optimiser_batch(hub: dict[str, Path], tmp_path: Path) -> None:
+    """The released code's header: batch_quantile on 8 GPUs (4 x 1 x 8 = 32 pairs a step). One process alone flags
+    floor(0.1 x 4) = 0 and is refused; --processes 8 validates for that launch and keeps its optimiser batch."""
+    recipe = RECIPES / "zephyr_spa_released_code.yaml"
+    data = make_ultrafeedback(tmp_path / "uf.parquet", 1100)
+    args = [f"models.sft={hub['zephyr']}", f"data.path={data}", f"run.output_dir={tmp_path}"]
+    args += ["noise_detector.name=batch_quantile"]
+    with pytest.raises(RecipeError, match=r"optimiser batch of 4 pairs .* x 1 process\) flags floor\(0\.4\) = 0"):
+        prepare(recipe, args)
+    plan = prepare(recipe, args, processes=8)
+    training = plan.recipe.training
+    assert (training.seed.batch_size, training.seed.gradient_accumulation_steps) == (4, 8)
+    assert (training.iteration.batch_size, training.iteration.gradient_accumulation_steps) == (4, 8)
+    assert plan.notes[0].startswith("a launch of 8 processes: its optimiser batches in one process")
+    assert plan.recipe.split.seed_size == 64  # 2 optimiser steps of 32 pairs
 
 
 def test_judges_with_models_of_their_own_are_substituted(hub: dict[str, Path], tmp_path: Path) -> None:
