@@ -80,7 +80,13 @@ def build_graph(recipe: Recipe) -> list[Stage]:
                 "sft",
                 [],
                 model=f"models.base ({recipe.models.base.name})",
-                config={"data": r["data"], "base": r["models"]["base"], "training": r["training"]["sft"], "seed": seed},
+                config={
+                    "data": r["data"],
+                    "base": r["models"]["base"],
+                    "dtype": r["models"]["dtype"],  # mixed precision and the saved weights' dtype
+                    "training": r["training"]["sft"],
+                    "seed": seed,
+                },
                 sizes=f"{getattr(recipe.data.args, 'sft_demonstrations', '?')} demonstrations",
             )
         )

@@ -24,7 +24,7 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         return response_stats(rows)
     recipe = ctx.recipe
     baseline = read_jsonl(ctx.stage_dir("eval_baseline") / "responses.jsonl")
-    evaluator = ctx.build(recipe.evaluation.evaluator, "evaluator", world=ctx.source)
+    evaluator = ctx.build(recipe.evaluation.evaluator, "evaluator", world=ctx.source, dtype=recipe.models.dtype)
     compare = judge_compare(evaluator)
     k = recipe.evaluation.samples_per_prompt
     prompts = [row["prompt"] for row in rows for _ in range(k)]
