@@ -24,6 +24,11 @@ numpy) and its stateful components (e.g. a noise detector's window). A run findi
 checkpoint continues from the newest one; the final weights equal those of an uninterrupted run.
 Checkpoints are taken at optimiser-step boundaries.
 
+Precision. The trained model always holds float32 master weights and AdamW state (a model loaded in 16 bits
+is upcast here); with a 16-bit ``models.dtype`` the forward and backward run in it under the accelerator's
+mixed precision (:func:`make_accelerator`). ``training.gradient_checkpointing`` recomputes each layer's
+activations in the backward instead of keeping them.
+
 Sharding. Weights and optimiser state go through ``torch.distributed.checkpoint.state_dict``: gathered
 to full tensors on the main process when saved, and scattered back to each process's shard when loaded.
 That one path serves a single process, DDP and FSDP2 alike, so a checkpoint holds full (unsharded)
