@@ -240,8 +240,12 @@ def test_fsdp_resume_from_a_sharded_checkpoint_gives_the_same_model(tmp_path: Pa
 
 
 def test_fsdp_in_bf16_trains_float32_master_weights_and_saves_bf16(tmp_path: Path) -> None:
-    shrunk = [o for o in SHRUNK if not o.startswith(("iterations", "noise_detector"))]
-    shrunk += ["iterations=1", "noise_detector.lambda=[0.5]", "models.dtype=bfloat16", *CHECKPOINTING]
+    """The paper's full setting on FSDP2: bf16, checkpointing, DND, and the bottom K% of each optimiser batch of
+    2 processes x 4 pairs x 2 accumulation steps (flagged ahead of the step by a no-grad pass on both ranks)."""
+    shrunk = [o for o in SHRUNK if not o.startswith(("iterations", "noise_detector", "training.iteration.batch"))]
+    shrunk += ["iterations=1", "models.dtype=bfloat16", *CHECKPOINTING]
+    shrunk += ["noise_detector.name=batch_quantile", "noise_detector.k=0.25", "noise_detector.lambda=[0.5]"]
+    shrunk += ["training.iteration.batch_size=4", "training.iteration.gradient_accumulation_steps=2"]
     result = launch_fsdp(tmp_path, *shrunk)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "t"
@@ -249,6 +253,9 @@ def test_fsdp_in_bf16_trains_float32_master_weights_and_saves_bf16(tmp_path: Pat
     for stage in TRAINED:
         assert manifest["stages"][stage]["summary"]["parallelism"] == "fsdp2", stage
         assert {v.dtype for v in weights(run_dir / stage / "model").values()} == {torch.bfloat16}, stage
+    steps = rows(run_dir / "iter1_train/work/metrics.jsonl")
+    assert len(steps) == 3 and all(len(r["flagged_ids"]) == 4 for r in steps)  # floor(0.25 x 16) a step
+    assert manifest["stages"]["iter1_train"]["summary"]["extrapolated"]
     # The checkpoint holds the master weights: float32, gathered whole from the shards.
     master = torch.load(run_dir / "iter1_train/work/checkpoints/step-2/model.pt")
     assert {v.dtype for v in master.values()} == {torch.float32}
