@@ -142,13 +142,20 @@ def run(
         bool | None, typer.Option("--progress/--no-progress", help="progress bars (default: when on a terminal)")
     ] = None,
     allow_import: AllowImportOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="take over the run directory's lock from a run on another host that is gone"),
+    ] = False,
 ) -> None:
-    """Run a recipe; on an existing run directory, resume: finished stages are skipped."""
+    """Run a recipe; on an existing run directory, resume: finished stages are skipped.
+
+    A run directory takes one run at a time: a second launch on it exits 2 naming the run that holds it.
+    """
     with _guard():
         loaded = _load(recipe, overrides, allow_import)
         from spa_recipes.runner.run import execute
 
-        execute(loaded, fresh=fresh, progress=progress)
+        execute(loaded, fresh=fresh, progress=progress, force=force)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # The run is complete and its process group torn down. Leave without the interpreter's C++ teardown:
         # with FSDP2 on gloo a rank sometimes aborted there ("terminate called without an active exception",

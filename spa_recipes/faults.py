@@ -4,15 +4,20 @@ Set ``SPA_RECIPES_KILL_AT`` to the end of an artifact's path (for example
 ``iter1_generate/shards/shard-00001.jsonl`` or ``iter1_train/work/checkpoints/step-4``); when the process
 has just written that artifact it sends itself SIGKILL, exactly as an out-of-memory killer or a pre-empted
 node would. Unset, each call is one environment lookup.
+
+Set ``SPA_RECIPES_ENOSPC_AT`` the same way to make the writers of :mod:`spa_recipes.atomic` fail on that artifact
+with ``OSError(ENOSPC)``, as a full disk would, while the temporary file or folder is being written.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
 
 KILL_ENV = "SPA_RECIPES_KILL_AT"
+ENOSPC_ENV = "SPA_RECIPES_ENOSPC_AT"
 
 
 def fault_point(artifact: str | os.PathLike[str]) -> None:
@@ -20,3 +25,10 @@ def fault_point(artifact: str | os.PathLike[str]) -> None:
     target = os.environ.get(KILL_ENV)
     if target and Path(artifact).as_posix().endswith(target):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def disk_full_point(artifact: str | os.PathLike[str]) -> None:
+    """Raise ``OSError(ENOSPC)`` here if ``SPA_RECIPES_ENOSPC_AT`` is the end of this artifact's path."""
+    target = os.environ.get(ENOSPC_ENV)
+    if target and Path(artifact).as_posix().endswith(target):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(artifact))

@@ -8,7 +8,6 @@ Their packages are imported only when they are built; the configs check they are
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from spa_recipes.atomic import write_text_atomic
+from spa_recipes.atomic import append_text, dumps_json, loads_json, write_text_atomic
 from spa_recipes.builtins import JsonlLoggerConfig, TensorBoardLoggerConfig, WandbLoggerConfig
 
 _ITERATION_STAGE = re.compile(r"^iter(\d+)_(\w+)$")
@@ -31,8 +30,8 @@ class JsonlLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
 
     def log_stage(self, stage: str, seconds: float, summary: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"stage": stage, "seconds": seconds, **summary}, sort_keys=True, default=str) + "\n")
+        row = {"stage": stage, "seconds": seconds, **summary}
+        append_text(self.path, dumps_json(row, sort_keys=True, default=str) + "\n", "run metrics")
 
     def close(self) -> None:
         pass
@@ -59,7 +58,7 @@ def training_rows(run_dir: Path, stage: str) -> list[dict[str, Any]]:
     path = Path(run_dir) / stage / "work" / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [loads_json(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class TensorBoardLogger:

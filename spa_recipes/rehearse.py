@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spa_recipes.atomic import dumps_json
 from spa_recipes.errors import DataError, UserError
 from spa_recipes.recipe import launched_processes, load_recipe
 from spa_recipes.schema import ComponentSpec, Recipe, TrainingSection
@@ -256,7 +257,7 @@ def prepare(
     rehearsal = load_recipe(recipe_path, [*overrides, *own], allow_import=allow_import)
     plan = Plan(rehearsal, run_dir, own, notes)
     record = {"recipe": str(recipe_path), "overrides": list(overrides), "rehearsal": own, "notes": notes}
-    (work / "plan.json").write_text(json.dumps(record, indent=1))
+    (work / "plan.json").write_text(dumps_json(record, indent=1))
     return plan
 
 

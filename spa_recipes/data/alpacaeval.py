@@ -13,7 +13,6 @@ AlpacaEval 2.0 (``pip install alpaca-eval``; ``alpaca_eval --model_outputs FILE`
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -153,7 +152,7 @@ def generate_alpacaeval_outputs(
 
 def write_outputs(records: list[dict[str, Any]], out: Path) -> None:
     """Write the records as one JSON list (AlpacaEval's ``--model_outputs`` file), atomically."""
-    from spa_recipes.atomic import write_text_atomic
+    from spa_recipes.atomic import dumps_json, write_text_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out, dumps_json(records, indent=2, ensure_ascii=False) + "\n")

@@ -7,7 +7,6 @@ metrics) and ``manifest.json`` (per-stage times and summaries). Nothing here imp
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from spa_recipes.atomic import is_complete
+from spa_recipes.atomic import is_complete, loads_json
 from spa_recipes.errors import UserError
 
 _ITERATION = re.compile(r"^iter(\d+)_")
@@ -124,7 +123,7 @@ def _results(run_dir: Path, name: str, baseline: str, stages: list[str]) -> dict
     for stage in stages:
         eval_json, counts_json = run_dir / stage / "eval.json", run_dir / stage / "counts.json"
         if eval_json.is_file():
-            m = json.loads(eval_json.read_text())
+            m = loads_json(eval_json.read_text())
             models.append(
                 {
                     "model": m["model"],
@@ -144,15 +143,15 @@ def _results(run_dir: Path, name: str, baseline: str, stages: list[str]) -> dict
                 )
         elif stage.endswith("_pairs") and counts_json.is_file():
             i = stage_iteration(stage)
-            merged.setdefault(i, {"iteration": i})["pairs"] = json.loads(counts_json.read_text())
+            merged.setdefault(i, {"iteration": i})["pairs"] = loads_json(counts_json.read_text())
     models.sort(key=lambda m: m["iteration"])
     return {"run": name, "baseline": baseline, "models": models, "iterations": [merged[i] for i in sorted(merged)]}
 
 
 def _read_manifest(run_dir: Path) -> dict[str, dict[str, Any]]:
     path = run_dir / "manifest.json"
-    return json.loads(path.read_text()).get("stages", {}) if path.is_file() else {}
+    return loads_json(path.read_text()).get("stages", {}) if path.is_file() else {}
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [loads_json(line) for line in path.read_text().splitlines() if line.strip()]

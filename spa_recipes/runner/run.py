@@ -8,6 +8,7 @@ Run directory layout::
     runs/<name>/run.log          the log of every invocation
     runs/<name>/<stage>/         one folder per stage; `.fingerprint` when started, `.complete` when finished
     runs/<name>/results.json     written by the report stage
+    runs/<name>/.lock            held by the run in progress (one writer at a time: runner/lock.py)
 
 A stage is skipped when the manifest says it finished with the same fingerprint and its folder carries
 the completion marker. A stage folder with the same fingerprint but no marker was cut off: the stage runs
@@ -24,10 +25,10 @@ the rest wait. A barrier closes every stage, so no process reads an output befor
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +36,21 @@ from typing import Any
 
 import yaml
 
-from spa_recipes.atomic import MARKER, is_complete, write_json_atomic, write_text_atomic
-from spa_recipes.distributed import barrier, broadcast, init_distributed, is_main_process, shutdown_distributed
+from spa_recipes.atomic import MARKER, is_complete, loads_json, write_json_atomic, write_text_atomic
+from spa_recipes.distributed import (
+    barrier,
+    broadcast,
+    init_distributed,
+    is_main_process,
+    shutdown_distributed,
+    world_size,
+)
 from spa_recipes.progress import set_progress
 from spa_recipes.recipe import recipe_to_dict
 from spa_recipes.registry import get_registry
 from spa_recipes.runner.graph import Stage, build_graph
+from spa_recipes.runner.lock import LOCK_FILE, RunDirLocked
+from spa_recipes.runner.lock import acquire as acquire_lock
 from spa_recipes.schema import ComponentSpec, Recipe
 
 log = logging.getLogger("spa_recipes")
@@ -121,7 +131,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "manifest.json"
     if not path.exists():
         return {"stages": {}}
-    return json.loads(path.read_text())
+    return loads_json(path.read_text())
 
 
 def _setup_logging(run_dir: Path) -> logging.Handler:
@@ -138,30 +148,54 @@ def _say(message: str) -> None:
         log.info(message)
 
 
-def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None) -> Path:
+def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None, force: bool = False) -> Path:
     """Run (or resume) every stage of the recipe's graph.
 
     Args:
         recipe: a validated recipe.
-        fresh: delete the run directory first.
+        fresh: delete the run directory first (once its lock is held).
         progress: tqdm bars (True), log lines (False), or bars only on a terminal (None).
+        force: take over a lock left by a run on another host (see :mod:`spa_recipes.runner.lock`).
 
     Returns:
         The run directory.
+
+    Raises:
+        RunDirLocked: another live run holds the run directory (on every process of a multi-process run).
     """
     init_distributed()
     main = is_main_process()
     run_dir = run_dir_for(recipe)
-    if main:
-        if fresh and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    barrier()
-    handler = _setup_logging(run_dir) if main else None
-    set_progress(progress)
-    _quiet_libraries()
-    ctx = None
+    lock, refusal = None, None
+    if main:  # one writer per run directory: main takes its lock, before anything is written or loaded
+        try:
+            lock = acquire_lock(run_dir, force=force)
+        except RunDirLocked as exc:
+            refusal = str(exc)
+        except OSError as exc:  # an unwritable output_dir, say: still every process's answer, not a hang
+            refusal = f"{run_dir}: cannot take its lock: {exc.strerror or exc}"
+    refusal = broadcast(refusal)  # main's answer on every process: all stop together, none waits at a barrier
+    if refusal is not None:
+        if world_size() == 1:
+            raise RunDirLocked(refusal)
+        # Every process exits 2, main alone says why, and says it before the others leave: the launcher stops
+        # the remaining processes as soon as one has exited.
+        if main:
+            print(f"error: {refusal}", file=sys.stderr, flush=True)
+        shutdown_distributed()
+        raise RunDirLocked([])
+    handler, ctx = None, None
     try:
+        if lock is not None and lock.took_over:
+            print(f"warning: {lock.took_over}", file=sys.stderr, flush=True)
+        if main and fresh:
+            _clear_run_dir(run_dir)
+        barrier()
+        handler = _setup_logging(run_dir) if main else None
+        if lock is not None and lock.took_over:
+            log.warning(lock.took_over)
+        set_progress(progress)
+        _quiet_libraries()
         graph = build_graph(recipe)
         if main:
             write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
@@ -179,6 +213,19 @@ def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+        if lock is not None:
+            lock.release()
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """``--fresh``: remove everything in the run directory but the lock this run holds."""
+    for path in run_dir.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _quiet_libraries() -> None:

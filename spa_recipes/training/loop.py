@@ -51,7 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from spa_recipes.atomic import atomic_dir, is_complete
+from spa_recipes.atomic import append_text, atomic_dir, dumps_json, is_complete, loads_json
 from spa_recipes.errors import UserError
 from spa_recipes.faults import fault_point
 from spa_recipes.modeling import resolve_dtype
@@ -310,12 +310,12 @@ def save_checkpoint(
     model_state = full_state_dict(model)
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=_gathered())
     if accelerator.is_main_process:
-        with atomic_dir(work_dir / CHECKPOINTS / f"step-{step}") as tmp:
+        with atomic_dir(work_dir / CHECKPOINTS / f"step-{step}", "training checkpoint") as tmp:
             torch.save(model_state, tmp / "model.pt")
             torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(states, tmp / "process_states.pt")
-            (tmp / "loop_state.json").write_text(json.dumps(loop_state, indent=2, sort_keys=True))
+            (tmp / "loop_state.json").write_text(dumps_json(loop_state, indent=2, sort_keys=True))
         for _, old in list_checkpoints(work_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         fault_point(work_dir / CHECKPOINTS / f"step-{step}")
@@ -366,7 +366,7 @@ def load_checkpoint(
     mine = states[accelerator.process_index]
     for name, obj in stateful.items():
         obj.load_state_dict(mine[name])
-    return json.loads((folder / "loop_state.json").read_text()), mine["rng"]
+    return loads_json((folder / "loop_state.json").read_text()), mine["rng"]
 
 
 # Metrics --------------------------------------------------------------------------------------------
@@ -586,8 +586,7 @@ def run_training_loop(
             loop_state["final_loss"] = row["loss"]
         loop_state["step"] = step
         if accelerator.is_main_process:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            append_text(metrics_path, dumps_json(row) + "\n", "training metrics")
         bar.update(1)
         bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", refresh=False)
 
@@ -632,4 +631,4 @@ def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
     path = work_dir / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [loads_json(line) for line in path.read_text().splitlines() if line.strip()]

@@ -14,14 +14,13 @@ policy; the detector's flags -> the refiner's smoothing and weight -> ``mean(wei
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spa_recipes.atomic import atomic_dir, write_json_atomic
+from spa_recipes.atomic import atomic_dir, loads_json, write_json_atomic
 from spa_recipes.errors import DataError
 from spa_recipes.loss import DPOLoss, extrapolated_sequence_logps
 from spa_recipes.modeling import load_model, load_tokenizer, save_model
@@ -121,7 +120,7 @@ def _precomputed_reference(
         "lengths": [len(c[0]) + len(r[0]) for c, r in zip(chosen, rejected, strict=True)],
     }
     if cache.exists():
-        stored = json.loads(cache.read_text())
+        stored = loads_json(cache.read_text())
         if stored.get("key") == key:
             return torch.tensor([stored["logps"][i] for i in ids], dtype=torch.float32)
     # Same folder for policy and reference (seed DPO): the policy, before its first step, is the reference.
