@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from spa_recipes.atomic import append_text, dumps_json, loads_json, write_text_atomic
+from spa_recipes.atomic import append_text, dumps_json, read_jsonl, write_text_atomic
 from spa_recipes.builtins import JsonlLoggerConfig, TensorBoardLoggerConfig, WandbLoggerConfig
 
 _ITERATION_STAGE = re.compile(r"^iter(\d+)_(\w+)$")
@@ -58,7 +58,7 @@ def training_rows(run_dir: Path, stage: str) -> list[dict[str, Any]]:
     path = Path(run_dir) / stage / "work" / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [loads_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 class TensorBoardLogger:

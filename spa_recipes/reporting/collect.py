@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from spa_recipes.atomic import is_complete, loads_json
+from spa_recipes.atomic import is_complete, loads_json, read_jsonl
 from spa_recipes.errors import UserError
 
 _ITERATION = re.compile(r"^iter(\d+)_")
@@ -154,4 +154,4 @@ def _read_manifest(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    return [loads_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)

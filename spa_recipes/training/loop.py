@@ -51,7 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from spa_recipes.atomic import append_text, atomic_dir, dumps_json, is_complete, loads_json
+from spa_recipes.atomic import append_text, atomic_dir, dumps_json, is_complete, loads_json, read_jsonl
 from spa_recipes.errors import UserError
 from spa_recipes.faults import fault_point
 from spa_recipes.modeling import resolve_dtype
@@ -631,4 +631,4 @@ def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
     path = work_dir / METRICS
     if not path.exists():
         return []
-    return [loads_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
