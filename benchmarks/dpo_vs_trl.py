@@ -34,10 +34,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers_tiny import make_tiny_model  # noqa: E402
 
-from spa_recipes.builtins import DPOLossConfig, NoneDetectorConfig  # noqa: E402
 from spa_recipes.loss import DPOLoss  # noqa: E402
+from spa_recipes.loss_config import DPOLossConfig  # noqa: E402
 from spa_recipes.modeling import load_tokenizer  # noqa: E402
 from spa_recipes.noise import NoNoiseDetector  # noqa: E402
+from spa_recipes.noise_config import NoneDetectorConfig  # noqa: E402
 from spa_recipes.refiners import NoRefiner  # noqa: E402
 from spa_recipes.schema import TrainingSection  # noqa: E402
 from spa_recipes.sequences import encode_prompt, encode_response, render_prompt  # noqa: E402

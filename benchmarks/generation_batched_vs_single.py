@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 
-from spa_recipes.builtins import HFGenerationConfig, TinyLlamaConfig, ToyWorldConfig
+from spa_recipes.api import ModelContext
+from spa_recipes.generation.config import HFGenerationConfig
 from spa_recipes.generation.hf import HFGenerator
 from spa_recipes.modeling import save_model
+from spa_recipes.toyworld.config import TinyLlamaConfig, ToyWorldConfig
 from spa_recipes.toyworld.model import build_tiny_llama
 from spa_recipes.toyworld.world import ToyWorld
 
@@ -39,7 +41,7 @@ def main() -> None:
     tokenizer = world.tokenizer()
     torch.manual_seed(0)
     model = build_tiny_llama(
-        TinyLlamaConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=344), tokenizer=tokenizer
+        TinyLlamaConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=344), ModelContext(tokenizer)
     )
     shared = {
         "samples_per_prompt": args.samples,

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers_tiny import make_tiny_model  # noqa: E402
 
-from spa_recipes.builtins import ImplicitJudgeConfig  # noqa: E402
+from spa_recipes.api import JudgeContext  # noqa: E402
+from spa_recipes.judges.config import ImplicitJudgeConfig  # noqa: E402
 from spa_recipes.judges.implicit import ImplicitRewardJudge  # noqa: E402
 from spa_recipes.modeling import load_model, load_tokenizer  # noqa: E402
 from spa_recipes.sequences import (  # noqa: E402
@@ -88,13 +89,14 @@ def main() -> None:
         rows = make_rows(args.prompts, args.samples, args.vocab - 16)
         judge = ImplicitRewardJudge(
             ImplicitJudgeConfig(batch_size=args.batch_size),
-            policy_path=policy_path,
-            sft_path=sft_path,
-            previous_path=None,
-            dtype="float32",
-            max_prompt_length=max_prompt_length,
-            max_length=max_length,
-            device="cpu",
+            JudgeContext(
+                policy_path=policy_path,
+                sft_path=sft_path,
+                dtype="float32",
+                max_prompt_length=max_prompt_length,
+                max_length=max_length,
+                device="cpu",
+            ),
         )
 
         # The bare loop's inputs: exactly the judge's sequences and batches, prepared outside the timing (built row

@@ -1,4 +1,6 @@
-"""The `spa-recipe` command line. Exit codes: 0 success, 2 user error, 1 internal error."""
+"""The `spa-recipe` command line. Exit codes: 0 success, 2 user error, 1 internal error, 75 `run` stopped by SIGTERM
+or Ctrl-C at a step or shard boundary (EX_TEMPFAIL: run the same command to continue), 130 Ctrl-C elsewhere
+(and 128 + signal after a second SIGTERM or Ctrl-C during a run, which stops it at once)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Annotated
 import typer
 
 from spa_recipes.errors import UserError
+from spa_recipes.interrupt import EXIT_CODE, Interrupted
 from spa_recipes.paths import SHIPPED_RECIPES, find_shipped_recipe, shipped_recipes
 
 app = typer.Typer(
@@ -23,6 +26,7 @@ app = typer.Typer(
     help="Spread Preference Annotation (SPA) as declarative, resumable recipes.",
 )
 _state = {"debug": False}
+EVALUATIONS = {"eval", "eval_baseline"}  # stage kinds that write a model's responses to the hold-out prompts
 
 RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", show_default=False)]
 OverridesArg = Annotated[
@@ -55,6 +59,10 @@ def _guard() -> Iterator[None]:
     except BrokenPipeError:  # `spa-recipe show ... | head`: the reader has what it wanted
         sys.stderr.close()
         raise typer.Exit(0) from None
+    except Interrupted:  # the runner has said where it stopped
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _exit_process(EXIT_CODE)  # the process group is still up: see run()
+        raise typer.Exit(EXIT_CODE) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -118,6 +126,20 @@ def list_things() -> None:
 
 
 @app.command()
+def explain(
+    target: Annotated[
+        str, typer.Argument(help="KIND.NAME (judge.pairrm), a kind (judge), or a recipe section (training.iteration)")
+    ],
+) -> None:
+    """A component's help, source and fields (name, type, default, help), or a recipe section's."""
+    with _guard():
+        from spa_recipes.explain import explain as explain_text
+        from spa_recipes.registry import get_registry
+
+        typer.echo(explain_text(target, get_registry()))
+
+
+@app.command()
 def cp(
     name: Annotated[str, typer.Argument(help="shipped recipe, e.g. tiny_spa or base/spa_paper.yaml")],
     dest: Annotated[Path, typer.Argument(help="file or folder to copy it to")],
@@ -150,6 +172,7 @@ def run(
     """Run a recipe; on an existing run directory, resume: finished stages are skipped.
 
     A run directory takes one run at a time: a second launch on it exits 2 naming the run that holds it.
+    SIGTERM or Ctrl-C stops it after the step or shard in progress and exits 75; a second one stops it at once.
     """
     with _guard():
         loaded = _load(recipe, overrides, allow_import)
@@ -160,10 +183,15 @@ def run(
         # The run is complete and its process group torn down. Leave without the interpreter's C++ teardown:
         # with FSDP2 on gloo a rank sometimes aborted there ("terminate called without an active exception",
         # 4 of 12 two-process runs under load), which the launcher reports as a failed run.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _exit_process(0)
+
+
+def _exit_process(code: int) -> None:
+    """Leave at once with ``code``, logs and output flushed, skipping the interpreter's teardown."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.command()
@@ -213,21 +241,22 @@ def rehearse(
 def graph(recipe: RecipeArg, overrides: OverridesArg = None, allow_import: AllowImportOpt = None) -> None:
     """Print the stage graph: each stage with its inputs, model, reference and data sizes."""
     with _guard():
-        from spa_recipes.runner.graph import build_graph
+        from spa_recipes.runner.graph import build_graph, describe
 
         for stage in build_graph(_load(recipe, overrides, allow_import)):
-            typer.echo(f"{stage.name}  [{stage.kind}]  fingerprint {stage.fingerprint}")
-            typer.echo(f"    inputs: {', '.join(stage.inputs) or '-'}")
-            if stage.model:
-                reference = f"   reference: {stage.reference}" if stage.reference else ""
-                typer.echo(f"    model: {stage.model}{reference}")
+            typer.echo(f"{stage.name}  [{stage.kind.name}]  fingerprint {stage.fingerprint}")
+            for role, source in stage.inputs.items():
+                typer.echo(f"    {role}: {describe(source)}")
+            if stage.after:
+                typer.echo(f"    after: {', '.join(stage.after)}")
+            typer.echo(f"    reads: {', '.join(stage.kind.reads) or '-'}")
             if stage.sizes:
                 typer.echo(f"    data: {stage.sizes}")
 
 
 @app.command()
 def status(run_dir: Annotated[Path, typer.Argument(help="a run directory (runs/<name>)")]) -> None:
-    """Which stages of a run are done, running, cut off, stale or pending, with times."""
+    """Which stages of a run are done, running, cut off, interrupted, stale or pending, with times."""
     with _guard():
         import datetime
 
@@ -241,7 +270,7 @@ def status(run_dir: Annotated[Path, typer.Argument(help="a run directory (runs/<
             started = row["started"]
             when = datetime.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S") if started else ""
             took = f"{row['seconds']:.1f}s" if row["seconds"] is not None else ""
-            typer.echo(f"{row['stage']:<18} {row['status']:<8} {when:<20} {took}")
+            typer.echo(f"{row['stage']:<18} {row['status']:<11} {when:<20} {took}")
 
 
 @app.command()
@@ -310,7 +339,7 @@ def export_alpacaeval(
         stages = {s.name: s for s in build_graph(recipe)}
         name = generator or f"{recipe.run.name}/{stage}"
         if instructions is None:
-            evals = [s for s, g in stages.items() if g.kind in {"eval", "eval_baseline"}]
+            evals = [s for s, g in stages.items() if g.kind.name in EVALUATIONS]
             if stage not in evals:
                 raise UserError(
                     f"--stage {stage}: not an evaluation stage of this run; choose one of: "
@@ -318,10 +347,11 @@ def export_alpacaeval(
                 )
             records = export_stage_responses(run_dir / stage, name, sample)
         else:
-            with_model = {s: g for s, g in stages.items() if g.kind in {"eval", "eval_baseline", "dpo", "sft"}}
+            # A stage that makes a model (sft, seed_dpo, train) or evaluates one (its policy input).
+            with_model = [s for s, g in stages.items() if "model" in g.kind.outputs or g.kind.name in EVALUATIONS]
             if stage not in with_model:
                 raise UserError(f"--stage {stage}: no model; choose one of: {', '.join(with_model)}")
-            model = stages[stage].model if stages[stage].kind in {"eval", "eval_baseline"} else stage
+            model = stage if "model" in stages[stage].kind.outputs else stages[stage].input_name("policy")
             model_path = str(run_dir / model / "model") if model in stages else str(model)
             if model in stages and not (run_dir / model / "model").is_dir():
                 raise UserError(f"{run_dir / model}: the model of stage {model} is not there; run the recipe first")

@@ -25,3 +25,7 @@ class PluginError(UserError):
 
 class DataError(UserError):
     """Input data that cannot be used (a missing file, a malformed row)."""
+
+
+class TrainingError(UserError):
+    """Training cannot go on (a non-finite loss or gradient under ``nonfinite: fail``, a mismatched checkpoint)."""

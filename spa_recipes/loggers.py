@@ -1,6 +1,7 @@
 """Loggers: where a run's per-stage summaries go. JSONL is always on; TensorBoard and W&B are chosen by recipe.
 
-The runner calls ``log_stage(stage, seconds, summary)`` after each stage finishes. The optional loggers then
+The runner calls ``log_stage(stage, seconds, summary)`` after each stage finishes (``stage``: its name, kind and
+iteration, :class:`spa_recipes.api.StageInfo`). The optional loggers then
 forward that stage's per-step training metrics too (``<stage>/work/metrics.jsonl``, written by the training
 loop), so a training curve arrives whole once its stage is done, never twice after a resume.
 Their packages are imported only when they are built; the configs check they are installed at validation.
@@ -8,42 +9,35 @@ Their packages are imported only when they are built; the configs check they are
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from spa_recipes.api import LoggerContext, StageInfo
 from spa_recipes.atomic import append_text, dumps_json, read_jsonl, write_text_atomic
-from spa_recipes.builtins import JsonlLoggerConfig, TensorBoardLoggerConfig, WandbLoggerConfig
-
-_ITERATION_STAGE = re.compile(r"^iter(\d+)_(\w+)$")
-# Stages before the loop that belong on an iteration curve, as iteration 0.
-_ITERATION_ZERO = {"eval_seed_dpo": "eval", "seed_dpo": "train"}
+from spa_recipes.loggers_config import JsonlLoggerConfig, TensorBoardLoggerConfig, WandbLoggerConfig
 
 
 class JsonlLogger:
-    """Appends one JSON line per finished stage to ``<run_dir>/metrics.jsonl``."""
+    """Appends one JSON line per finished stage to ``<run_dir>/metrics.jsonl`` (``ctx.run_dir``)."""
 
-    def __init__(self, cfg: JsonlLoggerConfig, *, run_dir: Path, **_: Any) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+    def __init__(self, cfg: JsonlLoggerConfig, ctx: LoggerContext) -> None:
+        self.path = Path(ctx.run_dir) / "metrics.jsonl"
 
-    def log_stage(self, stage: str, seconds: float, summary: dict[str, Any]) -> None:
-        row = {"stage": stage, "seconds": seconds, **summary}
+    def log_stage(self, stage: StageInfo, seconds: float, summary: dict[str, Any]) -> None:
+        row = {"stage": stage.name, "seconds": seconds, **summary}
         append_text(self.path, dumps_json(row, sort_keys=True, default=str) + "\n", "run metrics")
 
     def close(self) -> None:
         pass
 
 
-def summary_group(stage: str) -> tuple[str, int]:
-    """Where a stage's summary goes on per-iteration curves: ``iter2_eval`` -> (eval, 2), ``eval_seed_dpo`` ->
-    (eval, 0), ``sft`` -> (sft, 0)."""
-    match = _ITERATION_STAGE.match(stage)
-    if match:
-        return match.group(2), int(match.group(1))
-    return _ITERATION_ZERO.get(stage, stage), 0
+def summary_group(stage: StageInfo) -> tuple[str, int]:
+    """Where a stage's summary goes on per-iteration curves: its kind against its iteration, seed DPO as the
+    training of iteration 0 (``iter2_eval`` -> (eval, 2), ``eval_seed_dpo`` -> (eval, 0), ``sft`` -> (sft, 0))."""
+    return ("train" if stage.kind == "seed_dpo" else stage.kind), stage.iteration
 
 
 def scalars(row: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, float]:
@@ -66,22 +60,23 @@ class TensorBoardLogger:
 
     Args:
         cfg: the logger's config.
-        run_dir: the run directory (event files go to ``<run_dir>/tensorboard`` unless ``cfg.log_dir``).
+        ctx: its ``run_dir`` is the run directory (event files go to ``<run_dir>/tensorboard`` unless
+            ``cfg.log_dir``).
     """
 
-    def __init__(self, cfg: TensorBoardLoggerConfig, *, run_dir: Path, **_: Any) -> None:
+    def __init__(self, cfg: TensorBoardLoggerConfig, ctx: LoggerContext) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg, self.run_dir = cfg, Path(ctx.run_dir)
         self.log_dir = Path(cfg.log_dir) if cfg.log_dir else self.run_dir / "tensorboard"
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
 
-    def log_stage(self, stage: str, seconds: float, summary: dict[str, Any]) -> None:
+    def log_stage(self, stage: StageInfo, seconds: float, summary: dict[str, Any]) -> None:
         group, iteration = summary_group(stage)
         for key, value in scalars({**summary, "seconds": seconds}).items():
             self.writer.add_scalar(f"summary/{group}/{key}", value, global_step=iteration)
         if self.cfg.log_steps:
-            self.log_steps(stage, training_rows(self.run_dir, stage))
+            self.log_steps(stage.name, training_rows(self.run_dir, stage.name))
         self.writer.flush()
 
     def log_steps(self, stage: str, rows: list[dict[str, Any]]) -> None:
@@ -102,13 +97,14 @@ class WandbLogger:
 
     Args:
         cfg: the logger's config.
-        run_dir: the run directory (W&B's files go to ``<run_dir>/wandb``; its recipe.yaml becomes the W&B config).
+        ctx: its ``run_dir`` is the run directory (W&B's files go to ``<run_dir>/wandb``; its recipe.yaml becomes
+            the W&B config).
     """
 
-    def __init__(self, cfg: WandbLoggerConfig, *, run_dir: Path, **_: Any) -> None:
+    def __init__(self, cfg: WandbLoggerConfig, ctx: LoggerContext) -> None:
         import wandb
 
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg, self.run_dir = cfg, Path(ctx.run_dir)
         recipe = self.run_dir / "recipe.yaml"
         config = yaml.safe_load(recipe.read_text()) if recipe.is_file() else None
         # One W&B run per run directory: a resumed run continues it (the finished stages are not logged again).
@@ -129,12 +125,12 @@ class WandbLogger:
         self.run.define_metric("iteration")
         self.run.define_metric("summary/*", step_metric="iteration")
 
-    def log_stage(self, stage: str, seconds: float, summary: dict[str, Any]) -> None:
+    def log_stage(self, stage: StageInfo, seconds: float, summary: dict[str, Any]) -> None:
         group, iteration = summary_group(stage)
         values = scalars({**summary, "seconds": seconds})
         self.run.log({**{f"summary/{group}/{k}": v for k, v in values.items()}, "iteration": iteration})
         if self.cfg.log_steps:
-            self.log_steps(stage, training_rows(self.run_dir, stage))
+            self.log_steps(stage.name, training_rows(self.run_dir, stage.name))
 
     def log_steps(self, stage: str, rows: list[dict[str, Any]]) -> None:
         """Per-step metrics of a training stage, against its own step axis ``<stage>/step``."""

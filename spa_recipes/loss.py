@@ -10,12 +10,11 @@ sigmoid DPO; a constant ``s`` is conservative (label-smoothed) DPO. The refiner 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from spa_recipes.builtins import DPOLossConfig
+from spa_recipes.api import LossContext
+from spa_recipes.loss_config import DPOLossConfig
 
 
 def spa_dpo_loss(
@@ -85,10 +84,10 @@ class DPOLoss:
     """Sigmoid DPO with optional per-pair label smoothing (the registered loss ``dpo``).
 
     Args:
-        cfg: its validated :class:`~spa_recipes.builtins.DPOLossConfig`.
+        cfg: its validated :class:`~spa_recipes.loss_config.DPOLossConfig`.
     """
 
-    def __init__(self, cfg: DPOLossConfig, **_context: Any) -> None:
+    def __init__(self, cfg: DPOLossConfig, ctx: LossContext = LossContext()) -> None:
         self.beta = float(cfg.beta)
 
     def __call__(

@@ -17,13 +17,14 @@ from typing import Any, Literal
 
 import torch
 
-from spa_recipes.builtins import (
+from spa_recipes.api import EXTRAPOLATION, NoiseDetectorContext, offers
+from spa_recipes.errors import UserError
+from spa_recipes.noise_config import (
     BatchQuantileConfig,
     NoneDetectorConfig,
     QuantileDetectorConfig,
     RollingQuantileConfig,
 )
-from spa_recipes.errors import UserError
 
 Confidence = Literal["policy", "extrapolated"]
 Scope = Literal["micro_batch", "optimizer_step"]
@@ -33,7 +34,7 @@ def lambda_for_iteration(cfg: Any, iteration: int) -> float:
     """The DND extrapolation strength of one SPA iteration.
 
     Args:
-        cfg: a noise detector config; configs without ``lambda_`` (the ``none`` detector) give 0.
+        cfg: a noise detector config; configs that do not offer ``extrapolation`` (the ``none`` detector) give 0.
         iteration: the SPA iteration, 1-based (the seed DPO stage does not use a detector).
 
     Returns:
@@ -44,7 +45,7 @@ def lambda_for_iteration(cfg: Any, iteration: int) -> float:
     """
     if iteration < 1:
         raise UserError(f"noise_detector.lambda: iterations are numbered from 1, got {iteration}")
-    value = getattr(cfg, "lambda_", 0.0)
+    value = cfg.lambda_ if offers(cfg, EXTRAPOLATION) else 0.0
     if isinstance(value, (int, float)):
         return float(value)
     if iteration > len(value):
@@ -63,7 +64,9 @@ def _quantile_index(k: float, n: int) -> int:
 class NoNoiseDetector:
     """Flags nothing (plain DPO)."""
 
-    def __init__(self, cfg: NoneDetectorConfig | None = None, **_context: Any) -> None:
+    def __init__(
+        self, cfg: NoneDetectorConfig | None = None, ctx: NoiseDetectorContext = NoiseDetectorContext()
+    ) -> None:
         self.confidence: Confidence = "policy"
         self.scope: Scope = "micro_batch"
         self.threshold = 0.0
@@ -96,10 +99,10 @@ class RollingQuantileDetector:
     its own pairs, as the released code does; the accelerator is not used.
 
     Args:
-        cfg: a :class:`~spa_recipes.builtins.RollingQuantileConfig`.
+        cfg: a :class:`~spa_recipes.noise_config.RollingQuantileConfig`.
     """
 
-    def __init__(self, cfg: RollingQuantileConfig, **_context: Any) -> None:
+    def __init__(self, cfg: RollingQuantileConfig, ctx: NoiseDetectorContext = NoiseDetectorContext()) -> None:
         self.k = float(cfg.k)
         self.window = int(cfg.window)
         self.confidence: Confidence = cfg.confidence
@@ -145,10 +148,12 @@ class BatchQuantileDetector:
     margin; with nothing flagged, the smallest margin.
 
     Args:
-        cfg: a :class:`~spa_recipes.builtins.BatchQuantileConfig`.
+        cfg: a :class:`~spa_recipes.noise_config.BatchQuantileConfig`.
     """
 
-    def __init__(self, cfg: BatchQuantileConfig | QuantileDetectorConfig, **_context: Any) -> None:
+    def __init__(
+        self, cfg: BatchQuantileConfig | QuantileDetectorConfig, ctx: NoiseDetectorContext = NoiseDetectorContext()
+    ) -> None:
         self.k = float(cfg.k)
         self.confidence: Confidence = cfg.confidence
         self.scope: Scope = "optimizer_step"

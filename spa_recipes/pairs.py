@@ -11,7 +11,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from spa_recipes.builtins import PairSelectorConfig
+from spa_recipes.api import PairSelectorContext
+from spa_recipes.pairs_config import PairSelectorConfig
 
 Row = dict[str, Any]
 Pick = Callable[[Row, list[int], int], tuple[int, int]]
@@ -108,7 +109,7 @@ class MinMaxSelector:
     Equal scores are broken by position: chosen is the first of the best, rejected the last of the worst.
     """
 
-    def __init__(self, cfg: PairSelectorConfig, **_: Any) -> None:
+    def __init__(self, cfg: PairSelectorConfig, ctx: PairSelectorContext = PairSelectorContext()) -> None:
         self.cfg = cfg
 
     def select(self, rows: list[Row], seed: int) -> tuple[list[Row], dict[str, int]]:
@@ -119,7 +120,7 @@ class MinMaxSelector:
 class MaxRandomSelector:
     """Chosen = the highest-scored valid response, rejected = a random other valid one (seeded per row id)."""
 
-    def __init__(self, cfg: PairSelectorConfig, **_: Any) -> None:
+    def __init__(self, cfg: PairSelectorConfig, ctx: PairSelectorContext = PairSelectorContext()) -> None:
         self.cfg = cfg
 
     def select(self, rows: list[Row], seed: int) -> tuple[list[Row], dict[str, int]]:

@@ -9,11 +9,10 @@ total_steps``; e.g. 10 steps with warm-up 0.2: steps 0 and 1 are not refined, st
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from spa_recipes.builtins import DropRefinerConfig, LabelSmoothingConfig, NoRefinerConfig
+from spa_recipes.api import RefinerContext
+from spa_recipes.refiners_config import DropRefinerConfig, LabelSmoothingConfig, NoRefinerConfig
 
 
 def _unrefined(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,7 +29,7 @@ def _in_warmup(step: int, total_steps: int, warmup_fraction: float) -> bool:
 class NoRefiner:
     """Flagged pairs are trained on as labelled."""
 
-    def __init__(self, cfg: NoRefinerConfig | None = None, **_context: Any) -> None:
+    def __init__(self, cfg: NoRefinerConfig | None = None, ctx: RefinerContext = RefinerContext()) -> None:
         pass
 
     def refine(self, flags: torch.Tensor, step: int, total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,10 +41,10 @@ class LabelSmoothingRefiner:
     """SPA self-refinement: after the warm-up, flagged pairs get label smoothing ``alpha``.
 
     Args:
-        cfg: a :class:`~spa_recipes.builtins.LabelSmoothingConfig` (alpha, warmup_fraction).
+        cfg: a :class:`~spa_recipes.refiners_config.LabelSmoothingConfig` (alpha, warmup_fraction).
     """
 
-    def __init__(self, cfg: LabelSmoothingConfig, **_context: Any) -> None:
+    def __init__(self, cfg: LabelSmoothingConfig, ctx: RefinerContext = RefinerContext()) -> None:
         self.alpha = float(cfg.alpha)
         self.warmup_fraction = float(cfg.warmup_fraction)
 
@@ -67,10 +66,10 @@ class DropRefiner:
     """After the warm-up, flagged pairs get weight 0 (they are left out of the loss).
 
     Args:
-        cfg: a :class:`~spa_recipes.builtins.DropRefinerConfig` (warmup_fraction).
+        cfg: a :class:`~spa_recipes.refiners_config.DropRefinerConfig` (warmup_fraction).
     """
 
-    def __init__(self, cfg: DropRefinerConfig, **_context: Any) -> None:
+    def __init__(self, cfg: DropRefinerConfig, ctx: RefinerContext = RefinerContext()) -> None:
         self.warmup_fraction = float(cfg.warmup_fraction)
 
     def refine(self, flags: torch.Tensor, step: int, total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from spa_recipes.atomic import dumps_json
 from spa_recipes.errors import DataError, UserError
+from spa_recipes.interrupt import Interrupted
 from spa_recipes.recipe import launched_processes, load_recipe
 from spa_recipes.schema import ComponentSpec, Recipe, TrainingSection
 from spa_recipes.tiny_models import first_line, offline_if_unreachable, shrink_pretrained, tiny_pairrm
@@ -151,7 +152,7 @@ def rehearse(
         except BaseException as exc:
             seconds = time.time() - started
             stage = _running_stage(plan.run_dir) or "(before the first stage)"
-            if isinstance(exc, KeyboardInterrupt):
+            if isinstance(exc, KeyboardInterrupt | Interrupted):  # Interrupted: the runner said where it stopped
                 say(f"rehearsal interrupted at stage {stage} after {seconds:.0f} s")
                 raise
             (plan.run_dir / WORK / "traceback.txt").write_text("".join(traceback.format_exception(exc)))
@@ -220,8 +221,6 @@ def prepare(
         base = recipe.models.base.name if recipe.models.base else "?"
         notes.append(f"models.base: component '{base}' (the sft stage builds it from its config): kept")
         policy_tokenizer = None
-    if recipe.models.tokenizer is not None:
-        notes.append(f"models.tokenizer: {recipe.models.tokenizer}: kept (the runner loads each model's own)")
 
     for key, spec in _judging_sections(recipe):
         override, note = _substitute_judge(key, spec, work, policy_tokenizer, dtype, recipe.run.seed)
@@ -294,7 +293,7 @@ def _running_stage(run_dir: Path) -> str | None:
     from spa_recipes.runner.run import read_manifest
 
     stages = read_manifest(run_dir)["stages"] if run_dir.exists() else {}
-    return next((name for name, entry in stages.items() if entry.get("status") == "running"), None)
+    return next((name for name, entry in stages.items() if entry.get("status") in ("running", "interrupted")), None)
 
 
 def _where(exc: BaseException) -> str:
@@ -441,7 +440,7 @@ def scale_split(recipe: Recipe, usable: int, min_steps: int = MIN_STEPS) -> Scal
 
 
 def _split_note(recipe: Recipe, split: ScaledSplit, min_steps: int) -> str:
-    from spa_recipes.training.loop import plan_steps
+    from spa_recipes.training.data_order import plan_steps
 
     layouts = []
     if recipe.training.seed is not None:

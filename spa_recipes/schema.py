@@ -40,25 +40,28 @@ class ComponentSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-def component(name: str, **defaults: Any) -> Any:
-    """Default factory for a component section."""
-    return Field(default_factory=lambda: ComponentSpec(name=name, **defaults))
+def component(name: str, description: str, **defaults: Any) -> Any:
+    """A component section's field: its default component (and arguments) and its help text."""
+    return Field(default_factory=lambda: ComponentSpec(name=name, **defaults), description=description)
 
 
 class RunSection(Section):
+    """Where the run lives and its seed."""
+
     name: str = Field(description="run name; the run directory is <output_dir>/<name>")
     output_dir: str = Field("runs", description="parent folder of run directories")
     seed: int = Field(42, description="seed of the split, sampling and training")
 
 
 class ModelsSection(Section):
+    """The models: pi_init, the model an sft stage starts from, and the precision."""
+
     sft: str | None = Field(
         None,
         description="pi_init: hub id or local folder of the SFT model (judge reference and start of seed "
         "DPO). Leave empty when an `sft` stage makes it from `base`.",
     )
     base: ComponentSpec | None = Field(None, description="model the `sft` stage fine-tunes (kind: model)")
-    tokenizer: str | None = Field(None, description="tokenizer folder or hub id, when not the model's own")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="precision of the run (auto: bfloat16 on a GPU that has it, float32 on CPU). Frozen models "
@@ -66,9 +69,8 @@ class ModelsSection(Section):
         "a model in training keeps float32 master weights and AdamW state (16 bytes a parameter) and computes "
         "its forward and backward in the 16-bit type (mixed precision)",
     )
-    trust_remote_code: bool = False
 
-    @field_validator("sft", "tokenizer")
+    @field_validator("sft")
     @classmethod
     def _local_folder_exists(cls, value: str | None) -> str | None:
         """A name that can only be a local folder must exist now, not when the first model loads."""
@@ -81,6 +83,8 @@ class ModelsSection(Section):
 
 
 class SplitSection(Section):
+    """How the data is split: a labelled seed set, prompt-only sets per iteration, an evaluation hold-out."""
+
     seed_size: int | float = Field(
         0.033, gt=0, description="labelled seed set: a fraction of the rows (< 1) or a count of pairs (>= 1)"
     )
@@ -94,12 +98,16 @@ class SplitSection(Section):
 class TrainingSection(Section):
     """Optimiser and batching for one training stage."""
 
-    epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(5e-7, gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: float = Field(1.0, gt=0, description="passes over the stage's data (a fraction stops part-way)")
+    learning_rate: float = Field(5e-7, gt=0, description="peak AdamW learning rate")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="learning-rate decay after the warm-up"
+    )
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="share of optimiser steps of linear warm-up")
     batch_size: int = Field(8, gt=0, description="pairs (or sequences) per device per micro-batch")
-    gradient_accumulation_steps: int = Field(1, gt=0)
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="micro-batches per optimiser step (optimiser batch: batch_size x this x processes)"
+    )
     group_by_length: bool = Field(
         False,
         description="batch examples of similar length together (less padding, faster); the batches are still "
@@ -111,7 +119,7 @@ class TrainingSection(Section):
         "activation memory of about one layer instead of all, for about a third more compute",
     )
     max_grad_norm: float | None = Field(1.0, description="gradient clipping; null turns it off")
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
     max_length: int = Field(
         2048,
         gt=0,
@@ -139,6 +147,8 @@ class TrainingSection(Section):
 
 
 class TrainingStages(Section):
+    """The training of each stage kind."""
+
     sft: TrainingSection | None = Field(
         None, description="supervised warm-up that makes pi_init from models.base; null: no sft stage"
     )
@@ -150,14 +160,18 @@ class TrainingStages(Section):
 
 
 class EvaluationSection(Section):
+    """Head-to-head evaluation of every model against the baseline on the hold-out prompts."""
+
     evaluator: ComponentSpec | None = Field(None, description="pairwise evaluator (kind: evaluator); null: none")
     baseline: Literal["sft"] = Field("sft", description="model every other model is compared with")
     samples_per_prompt: int = Field(1, gt=0, description="responses per hold-out prompt and model")
-    temperature: float = Field(0.7, ge=0.0)
-    max_new_tokens: int | None = Field(None, description="default: generation.max_new_tokens")
+    temperature: float = Field(0.7, ge=0.0, description="sampling temperature of the evaluation's responses")
+    max_new_tokens: int | None = Field(None, description="tokens per response; default: generation.max_new_tokens")
 
 
 class LoggingSection(Section):
+    """Where stage summaries and training curves go."""
+
     loggers: list[ComponentSpec] = Field(
         default_factory=lambda: [ComponentSpec(name="jsonl")], description="kind: logger"
     )
@@ -170,12 +184,12 @@ class Recipe(Section):
     models: ModelsSection = Field(default_factory=ModelsSection)
     data: ComponentSpec = Field(description="preference data source (kind: dataset)")
     split: SplitSection
-    generation: ComponentSpec = component("hf")
-    judge: ComponentSpec = component("implicit")
-    pair_selector: ComponentSpec = component("min_max")
-    noise_detector: ComponentSpec = component("none")
-    refiner: ComponentSpec = component("none")
-    loss: ComponentSpec = component("dpo")
+    generation: ComponentSpec = component("hf", "sampling of K responses per prompt (kind: generator)")
+    judge: ComponentSpec = component("implicit", "scores each iteration's responses (kind: judge)")
+    pair_selector: ComponentSpec = component("min_max", "judged responses -> chosen/rejected (kind: pair_selector)")
+    noise_detector: ComponentSpec = component("none", "flags pairs that look mislabelled (kind: noise_detector)")
+    refiner: ComponentSpec = component("none", "what happens to flagged pairs (kind: refiner)")
+    loss: ComponentSpec = component("dpo", "the preference loss (kind: loss)")
     training: TrainingStages = Field(default_factory=TrainingStages)
     iterations: int = Field(3, ge=0, description="SPA iterations T (paper 3, released script 2)")
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)

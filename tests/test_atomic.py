@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from spa_recipes import atomic
+from spa_recipes.api import LoggerContext, StageInfo
 from spa_recipes.atomic import (
     NONFINITE_NOTE,
     WriteError,
@@ -27,9 +28,9 @@ from spa_recipes.atomic import (
     write_jsonl_atomic,
     write_text_atomic,
 )
-from spa_recipes.builtins import JsonlLoggerConfig
 from spa_recipes.errors import UserError
 from spa_recipes.loggers import JsonlLogger, training_rows
+from spa_recipes.loggers_config import JsonlLoggerConfig
 from spa_recipes.reporting import build_report
 from spa_recipes.runner.run import stage_status  # noqa: F401 - the status reader imports with the new readers
 
@@ -104,8 +105,8 @@ def test_metrics_rows_and_stage_summaries_round_trip_and_the_report_renders(tmp_
     work.mkdir()
     for step, loss in enumerate([0.7, NAN, INF, 0.6], start=1):
         append_text(work / "metrics.jsonl", dumps_json({"step": step, "loss": loss, "flagged_fraction": 0.1}) + "\n")
-    logger = JsonlLogger(JsonlLoggerConfig(), run_dir=run_dir)
-    logger.log_stage("iter1_train", 1.0, {"final_loss": NAN, "reward_margin": -INF})
+    logger = JsonlLogger(JsonlLoggerConfig(), LoggerContext(run_dir))
+    logger.log_stage(StageInfo("iter1_train", "train", 1), 1.0, {"final_loss": NAN, "reward_margin": -INF})
 
     for path in [run_dir / "metrics.jsonl", work / "metrics.jsonl"]:
         for line in path.read_text().splitlines():

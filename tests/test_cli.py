@@ -13,7 +13,6 @@ import pytest
 import typer
 import yaml
 
-from spa_recipes.builtins import register_builtins
 from spa_recipes.cli import app
 from spa_recipes.recipe import ALLOW_IMPORT_ENV
 from spa_recipes.registry import KINDS, Registry
@@ -121,7 +120,7 @@ def test_ls_lists_recipes_and_every_builtin() -> None:
     assert result.returncode == 0, result.stderr
     assert "  tiny_spa.yaml" in result.stdout and "  base/spa_paper.yaml" in result.stdout
     registry = Registry()
-    register_builtins(registry)
+    registry.load_builtins()
     for kind in KINDS:
         assert f"\n{kind}:\n" in result.stdout
         for comp in registry.components(kind):

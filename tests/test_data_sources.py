@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers_tiny import make_tiny_model
 
-from spa_recipes.builtins import HubPreferencesConfig, PreferenceFileConfig
+from spa_recipes.data.config import HubPreferencesConfig, PreferenceFileConfig
 from spa_recipes.data.preferences import HubPreferences, PreferenceFile, read_records
 from spa_recipes.errors import DataError, RecipeError
 from spa_recipes.recipe import load_recipe

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spa_recipes.builtins import HFGenerationConfig
+from spa_recipes.generation.config import HFGenerationConfig
 from spa_recipes.generation.hf import HFGenerator
 from spa_recipes.generation.shards import read_shards, run_sharded
 

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import spa_recipes.judges.implicit as implicit
-from spa_recipes.builtins import ImplicitJudgeConfig
+from spa_recipes.api import JudgeContext
 from spa_recipes.judges import Judge
+from spa_recipes.judges.config import ImplicitJudgeConfig
 from spa_recipes.judges.implicit import ImplicitRewardJudge
 from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.sequences import (
@@ -54,14 +55,14 @@ def direct_logps(path: str, rows: list[dict]) -> list[list[float]]:
 
 
 def make_judge(models: dict[str, str], previous: str | None = "c", **cfg) -> ImplicitRewardJudge:
-    return ImplicitRewardJudge(
-        ImplicitJudgeConfig(**cfg),
+    context = JudgeContext(
         policy_path=models["a"],
         sft_path=models["b"],
         previous_path=models[previous] if previous else None,
         dtype="float32",
         device="cpu",
     )
+    return ImplicitRewardJudge(ImplicitJudgeConfig(**cfg), context)
 
 
 def assert_scores(rows: list[dict], expected: list[list[float]]) -> None:
@@ -136,7 +137,7 @@ def test_implicit_judge_resumes_from_shards(tiny_models: dict[str, str], tmp_pat
     assert judge.score(rows, tmp_path) == first
     # Finished shards are reused without loading a model.
     gone = ImplicitRewardJudge(
-        ImplicitJudgeConfig(), policy_path="missing-a", sft_path="missing-b", previous_path=None, shard_size=4
+        ImplicitJudgeConfig(), JudgeContext(policy_path="missing-a", sft_path="missing-b", shard_size=4)
     )
     assert gone.score(rows, tmp_path) == first
     # Shards of other rows are refused, not silently mixed in.
@@ -153,10 +154,7 @@ def test_non_finite_scores_are_invalid(tiny_models: dict[str, str], tmp_path: Pa
     AutoTokenizer.from_pretrained(tiny_models["b"]).save_pretrained(tmp_path / "broken")
     judge = ImplicitRewardJudge(
         ImplicitJudgeConfig(),
-        policy_path=tiny_models["a"],
-        sft_path=str(tmp_path / "broken"),
-        previous_path=None,
-        dtype="float32",
+        JudgeContext(policy_path=tiny_models["a"], sft_path=str(tmp_path / "broken"), dtype="float32"),
     )
     rows = judge.score(ROWS[:2])
     assert all(r["valid"] == [False, False] for r in rows)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,15 +17,20 @@ from helpers_tiny import make_tiny_model
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from spa_recipes.builtins import LLMJudgeConfig, PairRMJudgeConfig, RewardModelJudgeConfig
+from spa_recipes.api import JudgeContext
 from spa_recipes.errors import UserError
+from spa_recipes.faults import KILL_ENV
 from spa_recipes.judges import Judge
+from spa_recipes.judges.config import LLMJudgeConfig, PairRMJudgeConfig, RewardModelJudgeConfig
 from spa_recipes.judges.llm_judge import LLMJudge, judge_messages
 from spa_recipes.judges.pairrm import MARKERS, PairRMJudge, load_pairrm
 from spa_recipes.judges.pairwise import judge_pairwise, pairwise_stats
-from spa_recipes.judges.reward_model import RewardModelJudge, train_reward_model
+from spa_recipes.judges.reward_model import RewardModelJudge
 from spa_recipes.pairs import MinMaxSelector
 from spa_recipes.registry import get_registry
+from spa_recipes.schema import TrainingSection
+from spa_recipes.training.checkpoints import list_checkpoints
+from spa_recipes.training.reward import train_reward_model
 
 WORDS = [f"w{i}" for i in range(40)]
 
@@ -219,7 +228,7 @@ def direct_pairrm_logit(folder: Path, state: dict, source: str, first: str, seco
 
 def test_pairrm_loads_the_blender_layout_and_matches_a_direct_computation(pairrm_folders) -> None:
     blender, state = pairrm_folders["blender"], pairrm_folders["state"]
-    judge = PairRMJudge(PairRMJudgeConfig(path=str(blender), batch_size=3), dtype="float32", device="cpu")
+    judge = PairRMJudge(PairRMJudgeConfig(path=str(blender), batch_size=3), JudgeContext(dtype="float32", device="cpu"))
     assert isinstance(judge, Judge)
     rows = [
         {"id": "a", "prompt": prompt("w1 w2 w3"), "responses": ["w4 w5", "w6 w7 w8 w9"]},
@@ -237,7 +246,9 @@ def test_pairrm_loads_the_blender_layout_and_matches_a_direct_computation(pairrm
         assert row["responses"] == src["responses"]
     assert judge.stats["comparisons"] == 2 and judge.stats["invalid_comparisons"] == 0
     # The -hf layout holds the same weights: same judgements.
-    hf = PairRMJudge(PairRMJudgeConfig(path=str(pairrm_folders["hf"])), dtype="float32", device="cpu").score(rows)
+    hf = PairRMJudge(
+        PairRMJudgeConfig(path=str(pairrm_folders["hf"])), JudgeContext(dtype="float32", device="cpu")
+    ).score(rows)
     assert [r["pair_probs"][0][1] for r in hf] == pytest.approx([r["pair_probs"][0][1] for r in judged], abs=1e-6)
     assert any(abs(r["pair_probs"][0][1] - 0.5) > 0.05 for r in judged)  # the checks above are not all 0.5
 
@@ -255,8 +266,8 @@ def test_pairrm_truncation_budget_and_bad_checkpoints(pairrm_folders, tmp_path: 
     # Out of the same row and a resumed judge: the shards give back exactly the fresh result.
     rows = [{"id": "x", "prompt": prompt(long), "responses": [long, "w2"]}]
     cfg = PairRMJudgeConfig(path=str(pairrm_folders["blender"]), max_source_length=8, max_candidate_length=6)
-    fresh = PairRMJudge(cfg, dtype="float32", device="cpu").score(rows, out_dir=tmp_path / "shards")
-    again = PairRMJudge(cfg, dtype="float32", device="cpu").score(rows, out_dir=tmp_path / "shards")
+    fresh = PairRMJudge(cfg, JudgeContext(dtype="float32", device="cpu")).score(rows, out_dir=tmp_path / "shards")
+    again = PairRMJudge(cfg, JudgeContext(dtype="float32", device="cpu")).score(rows, out_dir=tmp_path / "shards")
     assert fresh == again and (tmp_path / "shards" / "shard-00000.jsonl").exists()
     # A folder whose weights do not fit is refused with the folder's name.
     broken = tmp_path / "broken"
@@ -295,21 +306,19 @@ def planted_pairs(n: int, seed: int) -> list[dict]:
     ]
 
 
+def train_on_seed(pairs: list[dict], base: Path, out: Path, dtype: str = "float32", **kwargs: object) -> dict:
+    """The judge_train stage's call: the reward model judge trained on ``pairs`` (4 epochs of 16 at lr 3e-3)."""
+    cfg = RewardModelJudgeConfig(train_on_seed=True, train_epochs=4, train_learning_rate=3e-3, train_batch_size=16)
+    return RewardModelJudge.train_on_seed(
+        cfg, pairs, base_path=str(base), output_dir=out, seed=0, dtype=dtype, max_length=64, progress=False, **kwargs
+    )
+
+
 def test_reward_model_learns_a_planted_preference(tmp_path: Path) -> None:
     base = make_tiny_model(tmp_path / "sft", words=WORDS, hidden=32, layers=2, heads=4, seed=0)
-    out = tmp_path / "rm"
-    metrics = train_reward_model(
-        planted_pairs(96, seed=1),
-        base_path=str(base),
-        output_dir=out,
-        epochs=4,
-        learning_rate=3e-3,
-        batch_size=16,
-        max_length=64,
-        seed=0,
-        dtype="float32",
-        device="cpu",
-    )
+    out = tmp_path / "rm" / "model"
+    metrics = train_on_seed(planted_pairs(96, seed=1), base, out)
+    print(f"reward model: {metrics}")
     assert (out / ".complete").exists() and metrics["steps"] == 4 * 6
     assert metrics["accuracy"] > 0.9, metrics
     held_out = planted_pairs(40, seed=2)
@@ -321,9 +330,12 @@ def test_reward_model_learns_a_planted_preference(tmp_path: Path) -> None:
         }
         for i, p in enumerate(held_out)
     ]
-    judge = RewardModelJudge(RewardModelJudgeConfig(batch_size=7), trained_path=str(out), dtype="float32", device="cpu")
+    judge = RewardModelJudge(
+        RewardModelJudgeConfig(batch_size=7), JudgeContext(trained_path=str(out), dtype="float32", device="cpu")
+    )
     judged = judge.score(rows)
     right = sum(r["scores"][i % 2] > r["scores"][1 - i % 2] for i, r in enumerate(judged))
+    print(f"held-out pairs ranked right: {right}/{len(judged)}")
     assert right / len(judged) >= 0.9
     for r in judged:
         assert r["valid"] == [True, True]
@@ -331,25 +343,58 @@ def test_reward_model_learns_a_planted_preference(tmp_path: Path) -> None:
         assert r["pair_probs"][0][1] == pytest.approx(1 / (1 + math.exp(-diff)), abs=1e-9)
     # Batching does not change a reward (right padding, read at the last real token).
     single = RewardModelJudge(
-        RewardModelJudgeConfig(batch_size=1), trained_path=str(out), dtype="float32", device="cpu"
+        RewardModelJudgeConfig(batch_size=1), JudgeContext(trained_path=str(out), dtype="float32", device="cpu")
     ).score(rows[:5])
     assert [s for r in single for s in r["scores"]] == pytest.approx(
         [s for r in judged[:5] for s in r["scores"]], abs=1e-4
     )
     # The same seed trains the same model.
-    again = train_reward_model(
-        planted_pairs(96, seed=1),
-        base_path=str(base),
-        output_dir=tmp_path / "rm2",
-        epochs=4,
-        learning_rate=3e-3,
-        batch_size=16,
-        max_length=64,
-        seed=0,
-        dtype="float32",
-        device="cpu",
-    )
+    again = train_on_seed(planted_pairs(96, seed=1), base, tmp_path / "rm2" / "model")
     assert again["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+
+
+KILLED_TRAIN_ON_SEED = """
+import json, sys
+from pathlib import Path
+from spa_recipes.judges.config import RewardModelJudgeConfig
+from spa_recipes.judges.reward_model import RewardModelJudge
+from spa_recipes.schema import TrainingSection
+args = json.loads(sys.argv[1])
+cfg = RewardModelJudgeConfig(train_on_seed=True, train_epochs=4, train_learning_rate=3e-3, train_batch_size=16)
+RewardModelJudge.train_on_seed(
+    cfg, json.loads(Path(args["pairs"]).read_text()), base_path=args["base"], output_dir=Path(args["out"]), seed=0,
+    dtype="float32", max_length=64, progress=False, training=TrainingSection(**args["training"]),
+)
+"""
+
+
+def test_judge_train_killed_midway_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """A real process running the judge_train call is SIGKILLed right after its step-3 checkpoint; a second run
+    resumes from it and ends with the weights (and logged numbers) of an uninterrupted run."""
+    base = make_tiny_model(tmp_path / "sft", words=WORDS, hidden=32, layers=2, heads=4, seed=0)
+    pairs = planted_pairs(40, seed=1)  # 3 steps an epoch, 12 in all
+    training = {"checkpoint_every": 3, "keep_checkpoints": 1, "gradient_accumulation_steps": 1}
+    full = train_on_seed(pairs, base, tmp_path / "full" / "model", training=TrainingSection(**training))
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    args = {"pairs": str(tmp_path / "pairs.json"), "base": str(base), "out": str(tmp_path / "cut" / "model")}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_TRAIN_ON_SEED, json.dumps({**args, "training": training})],
+        env={**os.environ, KILL_ENV: "cut/work/checkpoints/step-6"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut" / "work")] == [6]
+    assert not (tmp_path / "cut" / "model").exists()
+    resumed = train_on_seed(pairs, base, tmp_path / "cut" / "model", training=TrainingSection(**training))
+    assert resumed["resumed_from"] == 6 and resumed["steps"] == full["steps"] == 12
+    a, b = (
+        load_file(tmp_path / "full" / "model" / "model.safetensors"),
+        load_file(tmp_path / "cut" / "model" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["loss"] == full["loss"] and resumed["accuracy"] == full["accuracy"]
 
 
 def test_reward_model_in_bf16_trains_float32_master_weights(tmp_path: Path) -> None:
@@ -358,18 +403,19 @@ def test_reward_model_in_bf16_trains_float32_master_weights(tmp_path: Path) -> N
     base = make_tiny_model(tmp_path / "sft", words=WORDS, hidden=32, layers=2, heads=4, seed=0)
     start = {k: v.to(torch.bfloat16) for k, v in load_file(base / "model.safetensors").items()}
     moved = {}
+    # A constant learning rate: every step's update is at lr 1e-5.
+    training = TrainingSection(epochs=2, learning_rate=1e-5, batch_size=4, lr_scheduler="constant", warmup_ratio=0)
     for dtype in ("float32", "bfloat16"):
         train_reward_model(
             planted_pairs(64, seed=1),
             base_path=str(base),
             output_dir=tmp_path / dtype,
-            epochs=2,
-            learning_rate=1e-5,
-            batch_size=4,
+            work_dir=tmp_path / f"work_{dtype}",
+            training=training,
             max_length=64,
             seed=0,
             dtype=dtype,
-            device="cpu",
+            progress=False,
         )
         saved = load_file(tmp_path / dtype / "model.safetensors")
         assert {v.dtype for v in saved.values()} == {getattr(torch, dtype)}
@@ -387,7 +433,13 @@ def test_reward_model_needs_a_path() -> None:
         RewardModelJudgeConfig(path="x", train_on_seed=True)
     with pytest.raises(UserError, match="no preference pairs"):
         train_reward_model(
-            [], base_path="x", output_dir=Path("y"), epochs=1, learning_rate=1e-3, batch_size=1, max_length=None, seed=0
+            [],
+            base_path="x",
+            output_dir=Path("y"),
+            work_dir=Path("z"),
+            training=TrainingSection(),
+            max_length=None,
+            seed=0,
         )
 
 
@@ -429,7 +481,7 @@ def direct_label_probability(path: str, template: str, messages, first: str, sec
 def test_llm_judge_hf_reads_label_logits_and_swaps(judge_lm: str) -> None:
     template = "w1 {instruction} A {response_a} B {response_b} w2"
     cfg = LLMJudgeConfig(backend="hf", model=judge_lm, template=template, batch_size=2)
-    judge = LLMJudge(cfg, dtype="float32", device="cpu")
+    judge = LLMJudge(cfg, JudgeContext(dtype="float32", device="cpu"))
     rows = [
         {"id": "0", "prompt": prompt("w3 w4"), "responses": ["w5 w6", "w7"]},
         {"id": "1", "prompt": prompt("w8"), "responses": ["w9 w10 w11", "w12", "w13 w14"]},
@@ -445,11 +497,15 @@ def test_llm_judge_hf_reads_label_logits_and_swaps(judge_lm: str) -> None:
     assert all(0 < s < 1 for r in judged for s in r["scores"])
     assert judge.stats["comparisons"] == 4 and judge.stats["invalid_comparisons"] == 0
     # Self-judging: no model given, the policy is the judge.
-    policy = LLMJudge(LLMJudgeConfig(template=template), policy_path=judge_lm, dtype="float32", device="cpu")
+    policy = LLMJudge(
+        LLMJudgeConfig(template=template), JudgeContext(policy_path=judge_lm, dtype="float32", device="cpu")
+    )
     assert policy.score(rows[:1])[0]["pair_probs"][0][1] == pytest.approx(judged[0]["pair_probs"][0][1])
     assert abs(judged[0]["pair_probs"][0][1] - forward) > 0.05  # one order alone would not pass the check above
     # A judge prompt longer than max_length is invalid, not cut.
-    short = LLMJudge(cfg.model_copy(update={"max_length": 5}), dtype="float32", device="cpu").score(rows[:1])
+    short = LLMJudge(cfg.model_copy(update={"max_length": 5}), JudgeContext(dtype="float32", device="cpu")).score(
+        rows[:1]
+    )
     assert short[0]["valid"] == [False, False]
 
 
@@ -467,7 +523,9 @@ def test_llm_judge_config_and_labels(judge_lm: str) -> None:
             LLMJudgeConfig(backend="vllm", model="x")
     with pytest.raises(UserError, match="set model"):
         LLMJudge(LLMJudgeConfig())
-    judge = LLMJudge(LLMJudgeConfig(model=judge_lm, label_a="yes", label_b="no"), dtype="float32", device="cpu")
+    judge = LLMJudge(
+        LLMJudgeConfig(model=judge_lm, label_a="yes", label_b="no"), JudgeContext(dtype="float32", device="cpu")
+    )
     with pytest.raises(UserError, match="'yes' is not a token"):
         judge.score(rows_of(["w1", "w2"]))
 

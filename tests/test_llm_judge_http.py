@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from spa_recipes.builtins import LLMJudgeConfig
 from spa_recipes.errors import UserError
+from spa_recipes.judges.config import LLMJudgeConfig
 from spa_recipes.judges.llm_judge import LLMJudge
 
 TEMPLATE = "Q: {instruction}\nFIRST: {response_a}\nSECOND: {response_b}\nA or B?"

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from spa_recipes.builtins import JsonlLoggerConfig, WandbLoggerConfig
+from spa_recipes.api import LoggerContext, StageInfo
 from spa_recipes.errors import UserError
 from spa_recipes.loggers import JsonlLogger, WandbLogger, summary_group
+from spa_recipes.loggers_config import JsonlLoggerConfig, WandbLoggerConfig
 from spa_recipes.recipe import load_recipe
 from spa_recipes.registry import get_registry
 
@@ -42,17 +43,17 @@ def fake_run_dir(tmp_path: Path) -> Path:
 
 
 def test_summary_groups_put_stages_on_iteration_curves() -> None:
-    assert summary_group("iter2_eval") == ("eval", 2)
-    assert summary_group("iter10_train") == ("train", 10)
-    assert summary_group("eval_seed_dpo") == ("eval", 0)
-    assert summary_group("seed_dpo") == ("train", 0)
-    assert summary_group("sft") == ("sft", 0)
+    assert summary_group(StageInfo("iter2_eval", "eval", 2)) == ("eval", 2)
+    assert summary_group(StageInfo("iter10_train", "train", 10)) == ("train", 10)
+    assert summary_group(StageInfo("eval_seed_dpo", "eval", 0)) == ("eval", 0)
+    assert summary_group(StageInfo("seed_dpo", "seed_dpo", 0)) == ("train", 0)
+    assert summary_group(StageInfo("sft", "sft", 0)) == ("sft", 0)
 
 
 def test_jsonl_logger_appends_one_line_per_stage(tmp_path: Path) -> None:
-    logger = JsonlLogger(JsonlLoggerConfig(), run_dir=tmp_path)
-    logger.log_stage("sft", 1.5, {"final_loss": 2.0})
-    logger.log_stage("iter1_eval", 0.5, {"win_rate": 60.0})
+    logger = JsonlLogger(JsonlLoggerConfig(), LoggerContext(tmp_path))
+    logger.log_stage(StageInfo("sft", "sft", 0), 1.5, {"final_loss": 2.0})
+    logger.log_stage(StageInfo("iter1_eval", "eval", 1), 0.5, {"win_rate": 60.0})
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows == [
         {"stage": "sft", "seconds": 1.5, "final_loss": 2.0},
@@ -75,7 +76,8 @@ def test_a_missing_tracking_package_fails_validation(
 
 def test_optional_packages_are_not_imported_until_built() -> None:
     code = (
-        "import sys, spa_recipes.loggers, spa_recipes.builtins, spa_recipes.reporting, spa_recipes.stages.report; "
+        "import sys, spa_recipes.loggers, spa_recipes.loggers_config, spa_recipes.reporting, "
+        "spa_recipes.stages.report; "
         "print(sorted(m for m in ('tensorboard', 'wandb', 'matplotlib', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -90,9 +92,9 @@ def test_tensorboard_logger_writes_summaries_and_steps(tmp_path: Path) -> None:
     spec = recipe.logging.loggers[0]
     run_dir = fake_run_dir(tmp_path)
     logger = get_registry().get("logger", "tensorboard").build(spec.args, run_dir=run_dir)  # as the runner builds it
-    logger.log_stage("eval_seed_dpo", 0.5, {"win_rate": 55.0, "n": 40})
-    logger.log_stage("iter1_train", 2.0, {"final_loss": 0.65, "extrapolated": True})
-    logger.log_stage("iter1_eval", 0.5, {"win_rate": 61.5, "agreement_with_gold": None})
+    logger.log_stage(StageInfo("eval_seed_dpo", "eval", 0), 0.5, {"win_rate": 55.0, "n": 40})
+    logger.log_stage(StageInfo("iter1_train", "train", 1), 2.0, {"final_loss": 0.65, "extrapolated": True})
+    logger.log_stage(StageInfo("iter1_eval", "eval", 1), 0.5, {"win_rate": 61.5, "agreement_with_gold": None})
     logger.close()
 
     events = EventAccumulator(str(run_dir / "tensorboard"))
@@ -145,8 +147,8 @@ def test_wandb_logger_sends_summaries_and_steps(tmp_path: Path, monkeypatch: pyt
     cfg = WandbLoggerConfig.model_construct(  # the config's validator would look for the real package
         project="spa-recipes", entity=None, mode="offline", name=None, tags=[], log_steps=True
     )
-    logger = WandbLogger(cfg, run_dir=run_dir)
-    logger.log_stage("iter1_train", 2.0, {"final_loss": 0.65})
+    logger = WandbLogger(cfg, LoggerContext(run_dir))
+    logger.log_stage(StageInfo("iter1_train", "train", 1), 2.0, {"final_loss": 0.65})
     logger.close()
 
     assert init_kwargs["mode"] == "offline" and init_kwargs["name"] == "run" and init_kwargs["dir"] == str(run_dir)
@@ -163,8 +165,8 @@ def test_wandb_logger_sends_summaries_and_steps(tmp_path: Path, monkeypatch: pyt
     first_id = init_kwargs["id"]
     assert init_kwargs["resume"] == "allow" and len(first_id) == 12
     init_kwargs.clear()
-    WandbLogger(cfg, run_dir=run_dir).close()
+    WandbLogger(cfg, LoggerContext(run_dir)).close()
     assert init_kwargs["id"] == first_id
     other = fake_run_dir(tmp_path / "other")
-    WandbLogger(cfg, run_dir=other).close()
+    WandbLogger(cfg, LoggerContext(other)).close()
     assert init_kwargs["id"] != first_id

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spa_recipes.builtins import DPOLossConfig
 from spa_recipes.loss import DPOLoss, extrapolated_sequence_logps, spa_dpo_loss
+from spa_recipes.loss_config import DPOLossConfig
 from spa_recipes.sequences import sequence_logps_from_logits, shift_for_logps
 
 

@@ -7,7 +7,6 @@ import random
 import pytest
 import torch
 
-from spa_recipes.builtins import BatchQuantileConfig, NoneDetectorConfig, RollingQuantileConfig
 from spa_recipes.errors import UserError
 from spa_recipes.noise import (
     BatchQuantileDetector,
@@ -15,6 +14,7 @@ from spa_recipes.noise import (
     RollingQuantileDetector,
     lambda_for_iteration,
 )
+from spa_recipes.noise_config import BatchQuantileConfig, NoneDetectorConfig, RollingQuantileConfig
 
 
 def released_rule(batches: list[list[float]], window: int = 50) -> tuple[list[float], list[list[bool]]]:

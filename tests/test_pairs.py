@@ -9,12 +9,15 @@ import pytest
 import torch
 from helpers_tiny import make_tiny_model
 
-from spa_recipes.builtins import DPOLossConfig, LabelSmoothingConfig, PairSelectorConfig, RollingQuantileConfig
 from spa_recipes.loss import DPOLoss
+from spa_recipes.loss_config import DPOLossConfig
 from spa_recipes.modeling import load_model
 from spa_recipes.noise import RollingQuantileDetector
+from spa_recipes.noise_config import RollingQuantileConfig
 from spa_recipes.pairs import MaxRandomSelector, MinMaxSelector
+from spa_recipes.pairs_config import PairSelectorConfig
 from spa_recipes.refiners import LabelSmoothingRefiner
+from spa_recipes.refiners_config import LabelSmoothingConfig
 from spa_recipes.schema import TrainingSection
 from spa_recipes.training.loop import read_metrics
 from spa_recipes.training.preference import train_preference

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from spa_recipes.builtins import RuleGoldConfig, RulePromptsConfig
 from spa_recipes.errors import DataError
 from spa_recipes.evaluation import judge_compare
 from spa_recipes.recipe import load_recipe
 from spa_recipes.registry import get_registry
+from spa_recipes.rules.config import RuleGoldConfig, RulePromptsConfig
 from spa_recipes.rules.world import RULES, RulePrompts, gold_score, is_correct, parse_prompt
 from spa_recipes.stages.split import clean_rows
 

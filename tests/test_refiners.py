@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from spa_recipes.builtins import DropRefinerConfig, LabelSmoothingConfig
 from spa_recipes.refiners import DropRefiner, LabelSmoothingRefiner, NoRefiner
+from spa_recipes.refiners_config import DropRefinerConfig, LabelSmoothingConfig
 
 FLAGS = torch.tensor([True, False, True, False])
 

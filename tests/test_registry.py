@@ -10,14 +10,16 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from spa_recipes import registry as registry_module
-from spa_recipes.builtins import GoldJudgeConfig, PairSelectorConfig, register_builtins
+from spa_recipes.api import ModelContext, RefinerContext
 from spa_recipes.errors import PluginError
+from spa_recipes.pairs_config import PairSelectorConfig
 from spa_recipes.registry import ENTRY_POINT_GROUP, KINDS, Registry, get_registry
+from spa_recipes.toyworld.config import GoldJudgeConfig
 
 
 def builtin_registry() -> Registry:
     registry = Registry()
-    register_builtins(registry)
+    registry.load_builtins()
     return registry
 
 
@@ -84,12 +86,15 @@ def test_builders_are_resolved_lazily_with_a_named_error() -> None:
     with pytest.raises(PluginError, match=r"judge 'ghost' \(built-in\): cannot load spa_recipes.no_such_module"):
         registry.get("judge", "ghost").build(GoldJudgeConfig())
 
-    def builder(config: BaseModel, **context: object) -> tuple[BaseModel, dict[str, object]]:
+    def builder(config: BaseModel, context: object) -> tuple[BaseModel, object]:
         return config, context
 
-    registry.register("judge", "callable", config=GoldJudgeConfig, builder=builder)
+    registry.register("model", "callable", config=GoldJudgeConfig, builder=builder)
     config = GoldJudgeConfig()
-    assert registry.get("judge", "callable").build(config, tokenizer="tok") == (config, {"tokenizer": "tok"})
+    assert registry.get("model", "callable").build(config, tokenizer="tok") == (config, ModelContext(tokenizer="tok"))
+    # A keyword that the kind's context does not have is an error naming the kind and the context's fields.
+    with pytest.raises(TypeError, match=r"model context has no world \(fields: tokenizer\)"):
+        registry.get("model", "callable").build(config, tokenizer="tok", world=None)
 
 
 def test_process_registry_is_built_once() -> None:
@@ -109,7 +114,7 @@ def test_plugin_registers_with_its_source(tmp_path: Path, only_plugins_in) -> No
             model_config = ConfigDict(extra="forbid")
             strength: float = 1.0
 
-        def build_mine(config, **context):
+        def build_mine(config, context):
             return ("mine", config.strength, context)
 
         def register(registry):
@@ -123,7 +128,7 @@ def test_plugin_registers_with_its_source(tmp_path: Path, only_plugins_in) -> No
     comp = registry.get("refiner", "mine")
     assert comp is not None
     assert comp.source == "plugin good-plugin (entry point 'good' = good_spa_plugin:register)"
-    assert comp.build(comp.config(strength=2.0), step=3) == ("mine", 2.0, {"step": 3})
+    assert comp.build(comp.config(strength=2.0)) == ("mine", 2.0, RefinerContext())
     # Built-ins registered after plugins are loaded are no longer attributed to the plugin.
     registry.register("refiner", "later", config=GoldJudgeConfig, builder="x:y")
     assert registry.get("refiner", "later").source == "built-in"
@@ -140,7 +145,7 @@ def test_plugin_registers_with_its_source(tmp_path: Path, only_plugins_in) -> No
         ("register = 3\n", "is not a callable register(registry)"),
         ("def register(registry):\n    raise RuntimeError('boom')\n", "failed to register: RuntimeError: boom"),
         (
-            "from spa_recipes.builtins import PairSelectorConfig\n"
+            "from spa_recipes.pairs_config import PairSelectorConfig\n"
             "def register(registry):\n"
             "    registry.register('pair_selector', 'min_max', config=PairSelectorConfig, builder='x:y')\n",
             "pair_selector 'min_max' is already registered by built-in",

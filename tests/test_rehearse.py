@@ -217,12 +217,14 @@ def test_offline_without_the_model_or_the_data_says_what_it_needs(hub: dict[str,
 def test_a_failing_stage_is_named_in_the_verdict(
     hub: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import dataclasses
+
     import spa_recipes.stages.split as split_stage
 
     def broken(*_: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(split_stage, "run", broken)
+    monkeypatch.setattr(split_stage, "KIND", dataclasses.replace(split_stage.KIND, run=broken))
     said: list[str] = []
     overrides = [f"models.sft={hub['zephyr']}", f"data.path={hub['data']}", f"run.output_dir={tmp_path}"]
     with pytest.raises(RuntimeError, match="boom"):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +112,39 @@ def test_override_of_last_iteration_reruns_only_its_stages(reference_run: Path, 
     assert started_stages(result.stdout) == ["iter2_train", "iter2_eval", "report"]
 
 
+def test_rerun_with_an_override_matches_a_fresh_run_with_it(reference_run: Path, tmp_path: Path) -> None:
+    """Only the stages that read the changed value (and those after them) run again, and what the reused stages
+    left is as good as recomputing them: the results equal a fresh run's with the override."""
+    override = "refiner.alpha=0.3"
+    shutil.copytree(reference_run, tmp_path / "rerun" / "t")
+    rerun = run_tiny(tmp_path / "rerun", override)
+    assert rerun.returncode == 0, rerun.stderr
+    assert started_stages(rerun.stdout) == ["iter1_train", "iter1_eval"] + [
+        f"iter2_{s}" for s in ("generate", "judge", "pairs", "train", "eval")
+    ] + ["report"]
+    fresh = run_tiny(tmp_path / "fresh", override)
+    assert fresh.returncode == 0, fresh.stderr
+    a, b = tmp_path / "rerun" / "t", tmp_path / "fresh" / "t"
+    assert (a / "results.json").read_text() == (b / "results.json").read_text()
+    assert (a / "iter2_pairs" / "pairs.jsonl").read_text() == (b / "iter2_pairs" / "pairs.jsonl").read_text()
+    weights_a, weights_b = model_weights(a, "iter2_train"), model_weights(b, "iter2_train")
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    before = model_weights(reference_run, "iter1_train")
+    assert not all(torch.equal(w, before[k]) for k, w in model_weights(a, "iter1_train").items())
+
+
+def test_a_damaged_output_reruns_its_stage_and_those_after_it(reference_run: Path, tmp_path: Path) -> None:
+    shutil.copytree(reference_run, tmp_path / "t")
+    pairs = tmp_path / "t" / "iter2_pairs" / "pairs.jsonl"
+    pairs.write_text(pairs.read_text()[:-100])  # truncated in place: marker and manifest still say finished
+    result = run_tiny(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "warning: iter2_pairs: pairs.jsonl has changed since it finished" in result.stderr
+    assert started_stages(result.stdout) == ["iter2_pairs", "iter2_train", "iter2_eval", "report"]
+    assert pairs.read_text() == (reference_run / "iter2_pairs" / "pairs.jsonl").read_text()
+    assert (tmp_path / "t" / "results.json").read_text() == (reference_run / "results.json").read_text()
+
+
 def test_sigkill_in_generation_judging_and_training_then_resume(reference_run: Path, tmp_path: Path) -> None:
     kill_points = [
         "iter1_generate/shards/shard-00001.jsonl",
@@ -154,7 +188,7 @@ def _stage_modules() -> set[str]:
     import inspect
 
     return {f.frame.f_globals.get("__name__", "") for f in inspect.stack()} & {
-        f"spa_recipes.stages.{m}" for m in ("split", "sft", "dpo", "generate", "judge", "pairs", "evaluate", "report")
+        f"spa_recipes.stages.{m.stem}" for m in (ROOT / "spa_recipes" / "stages").glob("*.py")
     }
 
 

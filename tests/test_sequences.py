@@ -19,8 +19,8 @@ import pytest
 import torch
 from helpers_tiny import make_tokenizer
 
-from spa_recipes.builtins import HFGenerationConfig
 from spa_recipes.generation import hf
+from spa_recipes.generation.config import HFGenerationConfig
 from spa_recipes.generation.hf import HFGenerator
 from spa_recipes.judges.implicit import _EncodedShards
 from spa_recipes.modeling import load_tokenizer

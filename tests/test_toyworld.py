@@ -9,13 +9,14 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spa_recipes.builtins import GoldJudgeConfig, TinyLlamaConfig, ToyWorldConfig, register_builtins
+from spa_recipes.api import JudgeContext, ModelContext
 from spa_recipes.errors import DataError
 from spa_recipes.evaluation import judge_compare
 from spa_recipes.judges.base import Judge
 from spa_recipes.registry import Registry
 from spa_recipes.sequences import encode_prompt, encode_response, render_prompt
 from spa_recipes.toyworld import ToyWorld
+from spa_recipes.toyworld.config import GoldJudgeConfig, TinyLlamaConfig, ToyWorldConfig
 from spa_recipes.toyworld.gold import GoldJudge
 from spa_recipes.toyworld.model import build_tiny_llama
 from spa_recipes.toyworld.world import (
@@ -174,7 +175,7 @@ def test_gold_is_the_mean_per_word_value() -> None:
 
 
 def test_gold_judge_meets_the_judge_contract(world: ToyWorld) -> None:
-    judge = GoldJudge(GoldJudgeConfig(), world=world, tokenizer=None)
+    judge = GoldJudge(GoldJudgeConfig(), JudgeContext(world=world))
     assert isinstance(judge, Judge)
     rows = [
         {"id": r["id"], "prompt": r["prompt"], "responses": [r["chosen"], r["rejected"], ""]} for r in world.rows()[:5]
@@ -201,7 +202,7 @@ def test_gold_judge_meets_the_judge_contract(world: ToyWorld) -> None:
 
 def test_builtin_registrations_build_the_world_and_judges() -> None:
     registry = Registry()
-    register_builtins(registry)
+    registry.load_builtins()
     world = registry.get("dataset", "toy_world").build(ToyWorldConfig(num_prompts=3, sft_demonstrations=2))
     assert isinstance(world, ToyWorld) and world.has_gold
     for kind in ("judge", "evaluator"):
@@ -215,7 +216,7 @@ def test_builtin_registrations_build_the_world_and_judges() -> None:
 
 def test_tiny_llama_saves_loads_and_generates_world_text(world: ToyWorld, tokenizer, tmp_path) -> None:
     torch.manual_seed(0)
-    model = build_tiny_llama(TinyLlamaConfig(), tokenizer)
+    model = build_tiny_llama(TinyLlamaConfig(), ModelContext(tokenizer))
     assert model.config.vocab_size == len(tokenizer)
     assert model.config.eos_token_id == tokenizer.eos_token_id
     assert model.config.pad_token_id == tokenizer.pad_token_id

@@ -13,21 +13,19 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from spa_recipes.atomic import is_complete
-from spa_recipes.builtins import (
-    BatchQuantileConfig,
-    DPOLossConfig,
-    LabelSmoothingConfig,
-    NoneDetectorConfig,
-    RollingQuantileConfig,
-)
-from spa_recipes.errors import DataError
+from spa_recipes.errors import DataError, TrainingError
 from spa_recipes.loss import DPOLoss
+from spa_recipes.loss_config import DPOLossConfig
 from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.noise import BatchQuantileDetector, NoNoiseDetector, RollingQuantileDetector
+from spa_recipes.noise_config import BatchQuantileConfig, NoneDetectorConfig, RollingQuantileConfig
 from spa_recipes.refiners import LabelSmoothingRefiner, NoRefiner
+from spa_recipes.refiners_config import LabelSmoothingConfig
 from spa_recipes.schema import TrainingSection
 from spa_recipes.sequences import collate
-from spa_recipes.training.loop import TrainingError, epoch_batches, list_checkpoints, read_metrics
+from spa_recipes.training.checkpoints import list_checkpoints
+from spa_recipes.training.data_order import epoch_batches
+from spa_recipes.training.loop import read_metrics
 from spa_recipes.training.preference import train_preference
 from spa_recipes.training.sft import train_sft
 

@@ -44,7 +44,7 @@ def prompts(n: int) -> list[dict]:
 
 
 def vllm_generate(model: str, out: Path, seed: int, n: int = 4, **overrides) -> list[dict]:
-    from spa_recipes.builtins import VLLMGenerationConfig
+    from spa_recipes.generation.config import VLLMGenerationConfig
     from spa_recipes.generation.vllm import VLLMGenerator
 
     cfg = {"samples_per_prompt": 3, "temperature": 1.0, "max_new_tokens": 6, "shard_size": 3, **ENGINE, **overrides}
@@ -69,7 +69,7 @@ def check_row_format(row: dict, k: int, max_new_tokens: int) -> None:
 
 def test_generate_stage_layout_counts_format_and_resume(tmp_path: Path) -> None:
     from spa_recipes.atomic import write_jsonl_atomic
-    from spa_recipes.builtins import HFGenerationConfig
+    from spa_recipes.generation.config import HFGenerationConfig
     from spa_recipes.generation.hf import HFGenerator
     from spa_recipes.recipe import load_recipe
     from spa_recipes.runner.graph import build_graph
@@ -87,13 +87,13 @@ def test_generate_stage_layout_counts_format_and_resume(tmp_path: Path) -> None:
     ]
     recipe = load_recipe(TINY, overrides)
     graph = {s.name: s for s in build_graph(recipe)}
-    ctx = RunContext(recipe, tmp_path / "v", graph)
-    stage = graph["iter1_generate"]
-    write_jsonl_atomic(ctx.stage_dir("split") / "prompts_1.jsonl", prompts(7))
-    make_model(Path(ctx.model_path(stage.model)))
-    out = ctx.stage_dir(stage.name)
+    ctx = RunContext(recipe, tmp_path / "v", graph).context_for(graph["iter1_generate"])
+    write_jsonl_atomic(ctx.input("prompts"), prompts(7))
+    model_path = ctx.model("policy")
+    make_model(Path(model_path))
+    out = ctx.out
 
-    summary = generate_stage.run(ctx, stage, out)
+    summary = generate_stage.run(ctx)
     got = rows(out / "responses.jsonl")
     assert summary["prompts"] == 7 and summary["responses"] == 21
     assert [r["id"] for r in got] == [p["id"] for p in prompts(7)]
@@ -107,7 +107,7 @@ def test_generate_stage_layout_counts_format_and_resume(tmp_path: Path) -> None:
     hf = HFGenerator(HFGenerationConfig(samples_per_prompt=3, temperature=1.0, max_new_tokens=6, shard_size=3))
     hf_rows = hf.generate(
         prompts(7),
-        model_path=ctx.model_path(stage.model),
+        model_path=model_path,
         out_dir=tmp_path / "hf",
         seed=0,
         dtype="float32",
@@ -123,7 +123,7 @@ def test_generate_stage_layout_counts_format_and_resume(tmp_path: Path) -> None:
     (out / "shards" / "shard-00002.jsonl").unlink()
     (out / "shards" / "shard-00000.jsonl").unlink()
     (out / "responses.jsonl").unlink()
-    generate_stage.run(ctx, stage, out)
+    generate_stage.run(ctx)
     assert {p.name: p.read_text() for p in (out / "shards").glob("shard-*.jsonl")} == files
     assert rows(out / "responses.jsonl") == got
 
@@ -148,7 +148,7 @@ def test_eos_handling(tmp_path: Path) -> None:
 
 
 def test_greedy_matches_the_hf_backend(tmp_path: Path) -> None:
-    from spa_recipes.builtins import HFGenerationConfig
+    from spa_recipes.generation.config import HFGenerationConfig
     from spa_recipes.generation.hf import HFGenerator
 
     # fp32 on both engines, the same prompt tokens: the same argmax at every step, hence the same text.

@@ -12,6 +12,17 @@
 #SBATCH --cpus-per-task=32
 #SBATCH --time=24:00:00
 #SBATCH --output=slurm-%j.out
+# SIGTERM two minutes before the time limit, so the run stops at a step or shard boundary with a checkpoint
+# (spa_recipes/interrupt.py) instead of being killed up to `checkpoint_every` steps after its last one. No "B:":
+# that would signal the batch shell alone, which only waits on srun and would not pass it on; without it Slurm
+# signals the processes of the srun step (the launchers, which forward it, and the training processes; the
+# second copy a process gets within a second counts as the same request). 120 s covers a step and a checkpoint
+# of a large model; the launcher kills its processes 30 s after forwarding, so keep a step well under that.
+#SBATCH --signal=TERM@120
+# Pre-emption (PreemptMode=REQUEUE) or a failed node puts the job back in the queue rather than ending it; the
+# requeued job runs this same command, which resumes. After a time-limit stop, resubmit the same sbatch line
+# (or `scontrol requeue <jobid>`).
+#SBATCH --requeue
 set -euo pipefail
 
 RECIPE="$1"; shift

@@ -1,4 +1,4 @@
-"""Finding a data file a recipe names (light: imported by ``spa_recipes.builtins`` at validation time)."""
+"""Finding a data file a recipe names (light: imported by ``spa_recipes.data.config`` at validation time)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spa_recipes.builtins import HubPreferencesConfig, PreferenceColumnsConfig, PreferenceFileConfig
+from spa_recipes.api import DatasetContext
+from spa_recipes.data.config import HubPreferencesConfig, PreferenceColumnsConfig, PreferenceFileConfig
 from spa_recipes.data.files import find_data_file, not_found_message
 from spa_recipes.errors import DataError
 
@@ -250,13 +251,13 @@ class PreferenceFile(_PreferenceSource):
 
     Args:
         cfg: path, format and column mapping.
-        **_: build context the source does not need.
+        ctx: nothing a data source needs.
 
     Raises:
         DataError: the file does not exist (it was removed after validation).
     """
 
-    def __init__(self, cfg: PreferenceFileConfig, **_: Any) -> None:
+    def __init__(self, cfg: PreferenceFileConfig, ctx: DatasetContext = DatasetContext()) -> None:
         super().__init__(cfg)
         found = find_data_file(cfg.path)
         if found is None:
@@ -276,10 +277,10 @@ class HubPreferences(_PreferenceSource):
 
     Args:
         cfg: dataset id, subset, split, revision and column mapping.
-        **_: build context the source does not need.
+        ctx: nothing a data source needs.
     """
 
-    def __init__(self, cfg: HubPreferencesConfig, **_: Any) -> None:
+    def __init__(self, cfg: HubPreferencesConfig, ctx: DatasetContext = DatasetContext()) -> None:
         super().__init__(cfg)
         self.hub_cfg = cfg
 

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from spa_recipes.builtins import HFGenerationConfig
+from spa_recipes.api import GeneratorContext
 from spa_recipes.distributed import default_device
+from spa_recipes.generation.config import HFGenerationConfig
 from spa_recipes.generation.shards import Row, run_sharded
 from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.sequences import encode_prompt
@@ -29,9 +30,10 @@ class HFGenerator:
 
     Args:
         cfg: the generator's config.
+        ctx: nothing a generator needs (each ``generate`` call names its model).
     """
 
-    def __init__(self, cfg: HFGenerationConfig, **_: Any) -> None:
+    def __init__(self, cfg: HFGenerationConfig, ctx: GeneratorContext = GeneratorContext()) -> None:
         self.cfg = cfg
 
     def generate(

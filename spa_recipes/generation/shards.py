@@ -4,7 +4,8 @@ Items are cut, in their given order, into shards of ``shard_size``; shard ``i`` 
 ``<out_dir>/shard-0000i.jsonl`` by an atomic rename, so a shard file that exists is complete. A run
 that was cut off skips the shards already on disk and computes the rest. Each shard must be a pure
 function of its index and items (e.g. seeded from ``(seed, shard_index)``) so that a resumed run
-writes what an uninterrupted run would have written.
+writes what an uninterrupted run would have written. A stop request (SIGTERM, Ctrl-C: :mod:`spa_recipes.interrupt`)
+ends the loop after the shard in progress.
 
 In a multi-process run (:mod:`spa_recipes.distributed`) the shards still to do are dealt out round-robin
 over the processes; each writes its own shard files, all wait at a barrier, then every process reads all
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from spa_recipes.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from spa_recipes.distributed import barrier, broadcast, is_main_process, rank, world_size
 from spa_recipes.faults import fault_point
+from spa_recipes.interrupt import raise_if_stop_requested
 from spa_recipes.progress import progress_bar
 
 T = TypeVar("T")
@@ -82,6 +84,8 @@ def run_sharded(
             # Read back, so a fresh run returns exactly what a resumed one would (JSON types, key order).
             rows.extend(read_jsonl(path))
             bar.update(len(chunk))
+            if index < len(starts) - 1:  # SIGTERM or Ctrl-C: stop here; the shards on disk resume
+                raise_if_stop_requested(f"after shard {index + 1} of {len(starts)}")
     return rows
 
 
@@ -118,6 +122,8 @@ def _run_sharded_distributed(
             write_jsonl_atomic(path, fn(index, list(items[start : start + shard_size])))
             fault_point(path)
             bar.update(sizes[index])
+            if index != mine[-1]:  # no collective: each process stops at its own shard (the launcher ends the rest)
+                raise_if_stop_requested(f"after shard {index + 1} of {len(starts)}")
     barrier()  # every shard is on disk before anyone reads
     missing = [i for i in range(len(starts)) if not shard_path(out, i).exists()]
     if missing:

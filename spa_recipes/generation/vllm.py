@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from spa_recipes.builtins import VLLMGenerationConfig
+from spa_recipes.api import GeneratorContext
 from spa_recipes.distributed import world_size
 from spa_recipes.errors import UserError
+from spa_recipes.generation.config import VLLMGenerationConfig
 from spa_recipes.generation.hf import shard_seed
 from spa_recipes.generation.shards import Row, run_sharded
 from spa_recipes.modeling import load_tokenizer
@@ -51,9 +52,10 @@ class VLLMGenerator:
     Args:
         cfg: the generator's config (tensor parallel size, GPU memory share, KV cache size, eager mode,
             scheduler token budget, plus the shared sampling settings).
+        ctx: nothing a generator needs (each ``generate`` call names its model).
     """
 
-    def __init__(self, cfg: VLLMGenerationConfig, **_: Any) -> None:
+    def __init__(self, cfg: VLLMGenerationConfig, ctx: GeneratorContext = GeneratorContext()) -> None:
         self.cfg = cfg
 
     def generate(

@@ -20,13 +20,12 @@ from typing import Any
 
 import torch
 
-from spa_recipes.builtins import ImplicitJudgeConfig
+from spa_recipes.api import JudgeContext
 from spa_recipes.distributed import default_device
 from spa_recipes.generation.shards import Row, run_sharded
+from spa_recipes.judges.config import ImplicitJudgeConfig
 from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.sequences import encode_sequences, score_encoded
-
-DEFAULT_SHARD_SIZE = 256
 
 
 class ImplicitRewardJudge:
@@ -39,40 +38,34 @@ class ImplicitRewardJudge:
 
     Args:
         cfg: the judge's config.
-        policy_path: the model being judged with, ``pi_{i-1}``.
-        sft_path: the SFT model ``pi_init`` (reference ``"sft"``).
-        previous_path: the model before the policy (reference ``"previous"``); ``None`` means the policy
-            has no predecessor but the SFT model (iteration 1), so ``sft_path`` is used.
-        dtype: model dtype name.
-        max_prompt_length: the length a prompt is cut to when prompt + longest response exceed
-            ``max_length`` (TRL's rule, :func:`spa_recipes.sequences.truncate`, as in training).
-        max_length: prompt + response; the responses of a row are cut together, as training cuts a pair.
-        device: where to run; this process's GPU when there is one, else CPU.
-        shard_size: rows per resumable shard when ``score`` is given an ``out_dir``.
+        ctx: the judge context; read here:
+            ``policy_path``: the model being judged with, ``pi_{i-1}`` (required);
+            ``sft_path``: the SFT model ``pi_init`` (reference ``"sft"``);
+            ``previous_path``: the model before the policy (reference ``"previous"``); ``None`` means the policy
+            has no predecessor but the SFT model (iteration 1), so ``sft_path`` is used;
+            ``dtype``: model dtype name;
+            ``max_prompt_length``: the length a prompt is cut to when prompt + longest response exceed
+            ``max_length`` (TRL's rule, :func:`spa_recipes.sequences.truncate`, as in training);
+            ``max_length``: prompt + response; the responses of a row are cut together, as training cuts a pair;
+            ``device``: where to run; this process's GPU when there is one, else CPU;
+            ``shard_size``: rows per resumable shard when ``score`` is given an ``out_dir``.
+
+    Raises:
+        ValueError: the context names no policy.
     """
 
-    def __init__(
-        self,
-        cfg: ImplicitJudgeConfig,
-        *,
-        policy_path: str,
-        sft_path: str,
-        previous_path: str | None,
-        dtype: str = "auto",
-        max_prompt_length: int | None = None,
-        max_length: int | None = None,
-        device: str | None = None,
-        shard_size: int = DEFAULT_SHARD_SIZE,
-        **_: Any,
-    ) -> None:
+    def __init__(self, cfg: ImplicitJudgeConfig, ctx: JudgeContext) -> None:
+        if ctx.policy_path is None:
+            raise ValueError("the implicit judge needs a policy_path in its context")
         self.cfg = cfg
-        self.policy_path = policy_path
-        self.reference_path = {"sft": sft_path, "previous": previous_path or sft_path, "none": None}[cfg.reference]
-        self.dtype = dtype
-        self.max_prompt_length = max_prompt_length
-        self.max_length = max_length
-        self.device = device or default_device()
-        self.shard_size = shard_size
+        self.policy_path = ctx.policy_path
+        sft_path = ctx.sft_path
+        self.reference_path = {"sft": sft_path, "previous": ctx.previous_path or sft_path, "none": None}[cfg.reference]
+        self.dtype = ctx.dtype
+        self.max_prompt_length = ctx.max_prompt_length
+        self.max_length = ctx.max_length
+        self.device = ctx.device or default_device()
+        self.shard_size = ctx.shard_size
 
     def score(self, rows: list[Row], out_dir: Path | None = None) -> list[Row]:
         """Add ``"scores"``, ``"valid"`` and ``"policy_logps"`` (K each) to every row.

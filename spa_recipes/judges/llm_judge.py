@@ -38,10 +38,11 @@ from typing import Any
 
 import torch
 
-from spa_recipes.builtins import LLMJudgeConfig
+from spa_recipes.api import EvaluatorContext, JudgeContext
 from spa_recipes.distributed import default_device
 from spa_recipes.errors import UserError
 from spa_recipes.judges.base import Row, judge_in_shards
+from spa_recipes.judges.config import LLMJudgeConfig
 from spa_recipes.judges.pairwise import Messages, instruction_text, judge_pairwise, pairwise_stats
 from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.sequences import collate, encode_prompt
@@ -234,36 +235,27 @@ class LLMJudge:
     """The judge contract with a language model as pairwise judge (see the module docstring).
 
     Args:
-        cfg: the judge's config.
-        policy_path: the model being judged with; judges itself when ``cfg.model`` is None (hf/vllm).
-        dtype: model dtype name (hf/vllm).
-        device: where the hf backend runs; CUDA when available, else CPU.
-        **_: build context the judge does not need.
+        cfg: the judge's (or the evaluator's) config.
+        ctx: the judge or evaluator context; read here: ``policy_path`` (a judge context's model being judged
+            with; it judges itself when ``cfg.model`` is None, hf/vllm), ``dtype`` (model dtype name, hf/vllm)
+            and ``device`` (where the hf backend runs; CUDA when available, else CPU).
 
     Raises:
         UserError: hf/vllm with no model and no policy; http with an unset ``api_key_env``.
     """
 
-    def __init__(
-        self,
-        cfg: LLMJudgeConfig,
-        *,
-        policy_path: str | None = None,
-        dtype: str = "auto",
-        device: str | None = None,
-        **_: Any,
-    ) -> None:
+    def __init__(self, cfg: LLMJudgeConfig, ctx: JudgeContext | EvaluatorContext = JudgeContext()) -> None:
         self.cfg = cfg
         self.stats: dict[str, Any] = {}
         if cfg.backend == "http":
             self.backend: HFBackend | VLLMBackend | HTTPBackend = HTTPBackend(cfg)
             return
-        model_path = cfg.model or policy_path
+        model_path = cfg.model or (ctx.policy_path if isinstance(ctx, JudgeContext) else None)
         if model_path is None:
             raise UserError(f"llm_judge backend {cfg.backend!r}: set model (no policy to judge with here)")
-        device = device or default_device()
+        device = ctx.device or default_device()
         backend = HFBackend if cfg.backend == "hf" else VLLMBackend
-        self.backend = backend(cfg, str(model_path), dtype, device)
+        self.backend = backend(cfg, str(model_path), ctx.dtype, device)
 
     def score(self, rows: list[Row], out_dir: Path | None = None) -> list[Row]:
         """Judge every row (the contract of :class:`spa_recipes.judges.base.Judge`).

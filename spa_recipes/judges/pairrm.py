@@ -50,10 +50,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from spa_recipes.builtins import PairRMJudgeConfig
+from spa_recipes.api import EvaluatorContext, JudgeContext
 from spa_recipes.distributed import default_device
 from spa_recipes.errors import UserError
 from spa_recipes.judges.base import Row, judge_in_shards
+from spa_recipes.judges.config import PairRMJudgeConfig
 from spa_recipes.judges.pairwise import Messages, instruction_text, judge_pairwise, pairwise_stats
 from spa_recipes.modeling import resolve_dtype
 from spa_recipes.sequences import collate
@@ -232,15 +233,14 @@ class PairRMJudge:
 
     Args:
         cfg: the judge's config.
-        dtype: model dtype name.
-        device: where to run; CUDA when available, else CPU.
-        **_: build context the judge does not need (policy and reference paths, the world).
+        ctx: the judge or evaluator context; read here: ``dtype`` (model dtype name) and ``device`` (where to
+            run; CUDA when available, else CPU).
     """
 
-    def __init__(self, cfg: PairRMJudgeConfig, *, dtype: str = "auto", device: str | None = None, **_: Any) -> None:
+    def __init__(self, cfg: PairRMJudgeConfig, ctx: JudgeContext | EvaluatorContext = JudgeContext()) -> None:
         self.cfg = cfg
-        self.dtype = dtype
-        self.device = device or default_device()
+        self.dtype = ctx.dtype
+        self.device = ctx.device or default_device()
         self.stats: dict[str, Any] = {}
         self._loaded: tuple[PairRMModel, Any] | None = None
 

@@ -1,50 +1,28 @@
-"""A Bradley-Terry reward model as judge, and the training of one on preference pairs.
+"""A Bradley-Terry reward model as judge: each response scored on its own, ``p(i > j) = sigmoid(r_i - r_j)``.
 
-A reward model is a sequence classifier with one output (``AutoModelForSequenceClassification``,
-``num_labels=1``). Each response is scored on its own: the conversation (prompt messages + an assistant
-turn with the response) is rendered with the reward model's own tokenizer chat template, cut at the start
-to ``max_length`` tokens (the score is read at the last token, the end of the response), and the logit is
-the reward. ``p(i > j) = sigmoid(r_i - r_j)``.
-
-:func:`train_reward_model` fits one with the Bradley-Terry loss ``-log sigmoid(r_chosen - r_rejected)``,
-starting from a causal LM folder (the score head is new, the body is the LM's), so that "iterative DPO with a
-fixed external judge trained on the same seed labels" is a baseline a recipe can run.
+How a reward model reads a conversation, and its training on preference pairs, live in
+:mod:`spa_recipes.training.reward`. The ``judge_train`` stage trains one on the seed labels
+(:meth:`RewardModelJudge.train_on_seed`), so that "iterative DPO with a fixed external judge trained on the
+same seed labels" is a baseline a recipe can run.
 """
 
 from __future__ import annotations
 
 import gc
 import math
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from spa_recipes.atomic import atomic_dir
-from spa_recipes.builtins import RewardModelJudgeConfig
+from spa_recipes.api import EvaluatorContext, JudgeContext
 from spa_recipes.distributed import default_device
 from spa_recipes.errors import UserError
 from spa_recipes.judges.base import Row, judge_in_shards
+from spa_recipes.judges.config import RewardModelEvaluatorConfig, RewardModelJudgeConfig
 from spa_recipes.modeling import load_tokenizer, resolve_dtype
-from spa_recipes.sequences import collate
-
-Messages = list[dict[str, str]]
-MAX_GRAD_NORM = 1.0
-
-
-def encode_conversation(tokenizer: Any, prompt: Messages, response: str, max_length: int | None) -> list[int]:
-    """Token ids of prompt + assistant response under the tokenizer's chat template, cut at the start.
-
-    The start is cut (not the end) because the reward is read at the last token.
-    """
-    messages = [*prompt, {"role": "assistant", "content": response}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if max_length is not None and len(ids) > max_length:
-        ids = ids[len(ids) - max_length :]
-    return ids
+from spa_recipes.schema import TrainingSection
+from spa_recipes.training.reward import Messages, encode_conversation, reward_logits, train_reward_model
 
 
 def reward_scores(
@@ -62,15 +40,9 @@ def reward_scores(
     scores: list[float] = []
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            scores.extend(_forward(model, encoded[start : start + batch_size], device).float().tolist())
+            batch = encoded[start : start + batch_size]
+            scores.extend(reward_logits(model, batch, model.config.pad_token_id, device).float().tolist())
     return scores
-
-
-def _forward(model: Any, batch: list[list[int]], device: str | torch.device) -> torch.Tensor:
-    """One logit per sequence, right-padded with the model's own pad id (it reads the last non-pad token)."""
-    padded = collate([(ids, ids) for ids in batch], model.config.pad_token_id)
-    out = model(input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device))
-    return out.logits[:, 0]
 
 
 def load_reward_model(path: str, *, dtype: str = "auto", device: str | torch.device = "cpu") -> tuple[Any, Any]:
@@ -97,12 +69,11 @@ class RewardModelJudge:
     """Scores each response with a reward model; adds ``"pair_probs"`` = sigmoid of reward differences.
 
     Args:
-        cfg: the judge's config.
-        trained_path: the reward model trained by the ``judge_train`` stage, used when ``cfg.path`` is None.
-        dtype: model dtype name.
-        max_length: the runner's sequence limit, used when ``cfg.max_length`` is None.
-        device: where to run; CUDA when available, else CPU.
-        **_: build context the judge does not need.
+        cfg: the judge's (or the evaluator's) config.
+        ctx: the judge or evaluator context; read here: ``trained_path`` (the reward model trained by the
+            ``judge_train`` stage, used when ``cfg.path`` is None), ``max_length`` (the runner's sequence limit,
+            used when ``cfg.max_length`` is None), ``dtype`` (model dtype name) and ``device`` (where to run;
+            CUDA when available, else CPU). An evaluator context has no trained model and no sequence limit.
 
     Raises:
         UserError: neither ``cfg.path`` nor ``trained_path`` is given.
@@ -110,14 +81,11 @@ class RewardModelJudge:
 
     def __init__(
         self,
-        cfg: RewardModelJudgeConfig,
-        *,
-        trained_path: str | None = None,
-        dtype: str = "auto",
-        max_length: int | None = None,
-        device: str | None = None,
-        **_: Any,
+        cfg: RewardModelJudgeConfig | RewardModelEvaluatorConfig,
+        ctx: JudgeContext | EvaluatorContext = JudgeContext(),
     ) -> None:
+        judging = isinstance(ctx, JudgeContext)
+        trained_path, max_length = (ctx.trained_path, ctx.max_length) if judging else (None, None)
         path = cfg.path or trained_path
         if path is None:
             raise UserError(
@@ -125,9 +93,9 @@ class RewardModelJudge:
             )
         self.cfg = cfg
         self.path = str(path)
-        self.dtype = dtype
+        self.dtype = ctx.dtype
         self.max_length = cfg.max_length or max_length
-        self.device = device or default_device()
+        self.device = ctx.device or default_device()
         self.stats: dict[str, Any] = {}
 
     @staticmethod
@@ -140,18 +108,50 @@ class RewardModelJudge:
         seed: int,
         dtype: str = "auto",
         max_length: int | None = None,
-    ) -> dict[str, float]:
-        """The ``judge_train`` stage: a reward model trained once on the labelled seed pairs (a fixed judge)."""
+        training: TrainingSection | None = None,
+        work_dir: Path | None = None,
+        progress: bool = True,
+        stop_after: int | None = None,
+    ) -> dict[str, Any]:
+        """The ``judge_train`` stage: a reward model trained once on the labelled seed pairs (a fixed judge).
+
+        Args:
+            cfg: the judge's config; its ``train_epochs``, ``train_learning_rate`` and ``train_batch_size``
+                replace ``epochs``, ``learning_rate`` and ``batch_size`` of ``training``.
+            pairs: the seed pairs (``id``, ``prompt``, ``chosen``, ``rejected``).
+            base_path: the causal LM whose body the reward model starts from (pi_init).
+            output_dir: where the trained reward model is saved.
+            seed: the stage's seed.
+            dtype: the recipe's ``models.dtype``.
+            max_length: tokens per conversation when ``cfg.max_length`` is None.
+            training: the recipe's training section for the rest of the loop (schedule, accumulation,
+                clipping, gradient checkpointing, checkpoints, non-finite policy); None: the defaults.
+            work_dir: checkpoints and ``metrics.jsonl``, resumed after a kill; None: ``work`` beside
+                ``output_dir``.
+            progress: tqdm bar.
+            stop_after: stop after this many optimiser steps, leaving a checkpoint to resume from.
+
+        Returns:
+            The summary of :func:`~spa_recipes.training.reward.train_reward_model`.
+        """
+        update = {
+            "epochs": cfg.train_epochs,
+            "learning_rate": cfg.train_learning_rate,
+            "batch_size": cfg.train_batch_size,
+        }
+        output_dir = Path(output_dir)
         return train_reward_model(
             pairs,
             base_path=base_path,
             output_dir=output_dir,
-            epochs=cfg.train_epochs,
-            learning_rate=cfg.train_learning_rate,
-            batch_size=cfg.train_batch_size,
+            work_dir=Path(work_dir) if work_dir is not None else output_dir.parent / "work",
+            training=(training or TrainingSection()).model_copy(update=update),
             max_length=cfg.max_length or max_length,
             seed=seed,
             dtype=dtype,
+            progress=progress,
+            stop_after=stop_after,
+            description="judge_train",
         )
 
     def score(self, rows: list[Row], out_dir: Path | None = None) -> list[Row]:
@@ -213,98 +213,3 @@ def _judgement(scores: list[float]) -> Row:
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
-def train_reward_model(
-    pairs: list[Row],
-    *,
-    base_path: str,
-    output_dir: Path,
-    epochs: int,
-    learning_rate: float,
-    batch_size: int,
-    max_length: int | None,
-    seed: int,
-    dtype: str = "auto",
-    device: str | None = None,
-) -> dict[str, float]:
-    """Train a Bradley-Terry reward model on preference pairs and save it (atomically) to ``output_dir``.
-
-    The model is ``AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1)``: the body
-    of a causal LM folder (e.g. the SFT model) with a new score head. Each step scores the chosen and the
-    rejected responses of a batch of pairs in one forward pass and minimises
-    ``-log sigmoid(r_chosen - r_rejected)`` with AdamW (gradient norm clipped to 1). The pair order of each
-    epoch is a seeded shuffle, so the same inputs and seed give the same model on the same device.
-
-    Args:
-        pairs: rows ``{"id", "prompt": messages, "chosen": str, "rejected": str}``.
-        base_path: causal LM folder or hub id to start from (its tokenizer and chat template are kept).
-        output_dir: where the model and tokenizer are saved (``save_pretrained``; replaced if present).
-        epochs: passes over the pairs.
-        learning_rate: AdamW learning rate (no schedule).
-        batch_size: pairs per step.
-        max_length: tokens kept per conversation (cut at the start); ``None``: no limit.
-        seed: seed of the head initialisation and of the shuffles.
-        dtype: the recipe's ``models.dtype``: the model is saved in it; a 16-bit dtype trains float32 master
-            weights with the forward and backward under autocast in that dtype (mixed precision).
-        device: where to train; CUDA when available, else CPU.
-
-    Returns:
-        ``{"steps", "loss" (mean of the last epoch), "accuracy" (share of pairs ranked right during the last
-        epoch), "pairs"}``.
-
-    Raises:
-        UserError: no pairs, or the base model cannot be loaded.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    if not pairs:
-        raise UserError("train_reward_model: no preference pairs to train on")
-    device = device or default_device()
-    tokenizer = load_tokenizer(base_path)
-    torch.manual_seed(seed)  # the score head is initialised at load time
-    compute_dtype = resolve_dtype(dtype)
-    try:
-        # float32 master weights: a 16-bit AdamW update at a small learning rate is mostly rounded away.
-        model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load reward model base '{base_path}': {str(exc).splitlines()[0]}") from exc
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
-    encoded = [
-        (
-            encode_conversation(tokenizer, p["prompt"], p["chosen"], max_length),
-            encode_conversation(tokenizer, p["prompt"], p["rejected"], max_length),
-        )
-        for p in pairs
-    ]
-    rng = random.Random(seed)
-    steps, losses, correct = 0, [], 0
-    for _ in range(epochs):
-        order = list(range(len(encoded)))
-        rng.shuffle(order)
-        losses, correct = [], 0
-        for start in range(0, len(order), batch_size):
-            batch = [encoded[i] for i in order[start : start + batch_size]]
-            with torch.autocast(torch.device(device).type, compute_dtype, enabled=compute_dtype != torch.float32):
-                rewards = _forward(model, [c for c, _ in batch] + [r for _, r in batch], device).float()
-            margin = rewards[: len(batch)] - rewards[len(batch) :]
-            loss = -F.logsigmoid(margin).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            steps += 1
-            losses.append(loss.item() * len(batch))
-            correct += int((margin > 0).sum())
-    model.eval().to(compute_dtype)
-    with atomic_dir(output_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return {
-        "steps": steps,
-        "loss": sum(losses) / len(encoded),
-        "accuracy": correct / len(encoded),
-        "pairs": len(encoded),
-    }

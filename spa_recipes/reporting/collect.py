@@ -7,7 +7,6 @@ metrics) and ``manifest.json`` (per-stage times and summaries). Nothing here imp
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,6 @@ import yaml
 
 from spa_recipes.atomic import is_complete, loads_json, read_jsonl
 from spa_recipes.errors import UserError
-
-_ITERATION = re.compile(r"^iter(\d+)_")
 
 
 @dataclass
@@ -30,7 +27,8 @@ class RunData:
         results: the ``results.json`` content: ``run``, ``baseline``, ``models`` (one row per evaluated model,
             iteration 0 = seed DPO) and ``iterations`` (pairs and agreement with gold per iteration).
         training: per training stage (sft, seed_dpo, iter{i}_train, ...), its per-step metric rows in order.
-        generation: per iteration, the summary of ``iter{i}_generate`` (mean_words, mean_tokens, eos_rate, ...).
+        iteration_training: per iteration, the name of its training stage (kind ``train``) that finished.
+        generation: per iteration, the summary of its generate stage (mean_words, mean_tokens, eos_rate, ...).
         baseline_stats: the summary of ``eval_baseline`` (the baseline's responses), when it ran.
         stage_seconds: (stage, seconds) of every finished stage, in execution order.
         notes: things the report should say about missing pieces.
@@ -40,6 +38,7 @@ class RunData:
     name: str
     results: dict[str, Any]
     training: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    iteration_training: dict[int, str] = field(default_factory=dict)
     generation: dict[int, dict[str, Any]] = field(default_factory=dict)
     baseline_stats: dict[str, Any] | None = None
     stage_seconds: list[tuple[str, float]] = field(default_factory=list)
@@ -48,12 +47,6 @@ class RunData:
     @property
     def total_seconds(self) -> float:
         return sum(seconds for _, seconds in self.stage_seconds)
-
-
-def stage_iteration(name: str) -> int:
-    """The SPA iteration a stage belongs to (``iter3_train`` -> 3); 0 for stages before the loop."""
-    match = _ITERATION.match(name)
-    return int(match.group(1)) if match else 0
 
 
 def graph_stage_names(run_dir: Path) -> list[str] | None:
@@ -99,16 +92,21 @@ def collect_run(run_dir: Path | str, stage_names: list[str] | None = None) -> Ru
             notes.append("recipe.yaml did not load; stages are taken from manifest.json")
             stage_names = list(manifest)
     finished = [s for s in stage_names if manifest.get(s, {}).get("status") == "done" and is_complete(run_dir / s)]
-    data = RunData(run_dir=run_dir, name=name, results=_results(run_dir, name, baseline, finished), notes=notes)
+    data = RunData(
+        run_dir=run_dir, name=name, results=_results(run_dir, name, baseline, finished, manifest), notes=notes
+    )
     for stage in finished:
         entry = manifest[stage]
+        kind, iteration = entry.get("kind"), int(entry.get("iteration") or 0)
         data.stage_seconds.append((stage, float(entry.get("seconds") or 0.0)))
         metrics = run_dir / stage / "work" / "metrics.jsonl"
         if metrics.is_file():
             data.training[stage] = _read_rows(metrics)
-        if stage.endswith("_generate"):
-            data.generation[stage_iteration(stage)] = dict(entry.get("summary") or {})
-        elif stage == "eval_baseline":
+        if kind == "train":
+            data.iteration_training[iteration] = stage
+        elif kind == "generate":
+            data.generation[iteration] = dict(entry.get("summary") or {})
+        elif kind == "eval_baseline":
             data.baseline_stats = dict(entry.get("summary") or {})
     missing = [s for s in stage_names if s not in finished and s != "report"]
     if missing:
@@ -116,11 +114,14 @@ def collect_run(run_dir: Path | str, stage_names: list[str] | None = None) -> Ru
     return data
 
 
-def _results(run_dir: Path, name: str, baseline: str, stages: list[str]) -> dict[str, Any]:
+def _results(
+    run_dir: Path, name: str, baseline: str, stages: list[str], manifest: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """The results.json content: per evaluated model its win rates; per iteration its pairs and agreement."""
     models: list[dict[str, Any]] = []
     merged: dict[int, dict[str, Any]] = {}
     for stage in stages:
+        entry = manifest.get(stage, {})
         eval_json, counts_json = run_dir / stage / "eval.json", run_dir / stage / "counts.json"
         if eval_json.is_file():
             m = loads_json(eval_json.read_text())
@@ -141,8 +142,8 @@ def _results(run_dir: Path, name: str, baseline: str, stages: list[str]) -> dict
                 merged.setdefault(m["iteration"], {"iteration": m["iteration"]})["agreement_with_gold"] = m.get(
                     "agreement_with_gold"
                 )
-        elif stage.endswith("_pairs") and counts_json.is_file():
-            i = stage_iteration(stage)
+        elif entry.get("kind") == "pairs" and counts_json.is_file():
+            i = int(entry["iteration"])
             merged.setdefault(i, {"iteration": i})["pairs"] = loads_json(counts_json.read_text())
     models.sort(key=lambda m: m["iteration"])
     return {"run": name, "baseline": baseline, "models": models, "iterations": [merged[i] for i in sorted(merged)]}

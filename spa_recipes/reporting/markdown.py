@@ -93,7 +93,7 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
     rows = []
     for it in results["iterations"]:
         i, pairs = it["iteration"], it.get("pairs", {})
-        train = data.training.get(f"iter{i}_train", [])
+        train = data.training.get(data.iteration_training.get(i, ""), [])
         rows.append(
             [
                 str(i),

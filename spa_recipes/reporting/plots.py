@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spa_recipes.reporting.collect import RunData, stage_iteration
+from spa_recipes.reporting.collect import RunData
 
 # Training-metric keys (spa_recipes.training.preference / loop) the plots read.
 FLAGGED, THRESHOLD = "flagged_fraction", "threshold"
@@ -157,7 +157,11 @@ def plot_agreement(data: RunData, path: Path) -> Path | None:
 
 
 def _iteration_training_stages(data: RunData) -> list[str]:
-    return [s for s in data.training if s.startswith("iter") and s.endswith("_train")]
+    return [
+        data.iteration_training[i]
+        for i in sorted(data.iteration_training)
+        if data.iteration_training[i] in data.training
+    ]
 
 
 def plot_noise(data: RunData, path: Path) -> Path | None:
@@ -435,8 +439,8 @@ def plot_compare(runs: list[tuple[str, RunData]], out_dir: Path) -> dict[str, Pa
 def mean_flagged_by_iteration(data: RunData) -> dict[int, float]:
     """Per iteration, the flagged fraction averaged over its training steps (iterations that logged one)."""
     out = {}
-    for stage in _iteration_training_stages(data):
-        values = [float(r[FLAGGED]) for r in data.training[stage] if isinstance(r.get(FLAGGED), int | float)]
+    for i, stage in sorted(data.iteration_training.items()):
+        values = [float(r[FLAGGED]) for r in data.training.get(stage, []) if isinstance(r.get(FLAGGED), int | float)]
         if values:
-            out[stage_iteration(stage)] = sum(values) / len(values)
+            out[i] = sum(values) / len(values)
     return out

@@ -6,7 +6,7 @@ spelled backwards, the letters in a word) followed by one formatting rule::
     What is 17 plus 25? End your answer with the word DONE.
     Spell the word garden backwards. Write your whole answer in capital letters.
 
-Rules (the ``rules`` of :class:`~spa_recipes.builtins.RulePromptsConfig`):
+Rules (the ``rules`` of :class:`~spa_recipes.rules.config.RulePromptsConfig`):
 
 - ``done``: the answer's last word is ``DONE`` (trailing punctuation allowed).
 - ``caps``: the answer has letters and none of them is lower case.
@@ -35,8 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from spa_recipes.builtins import RulePromptsConfig
+from spa_recipes.api import DatasetContext, EvaluatorContext, JudgeContext
 from spa_recipes.errors import DataError
+from spa_recipes.rules.config import RuleGoldConfig, RulePromptsConfig
 
 Messages = list[dict[str, str]]
 
@@ -168,7 +169,7 @@ class RulePrompts:
 
     Args:
         cfg: counts, tasks, rules and the seed.
-        **_: build context the source does not need.
+        ctx: nothing a data source needs.
 
     Raises:
         DataError: more prompts are asked for than the tasks can make distinct.
@@ -176,7 +177,7 @@ class RulePrompts:
 
     has_gold = True
 
-    def __init__(self, cfg: RulePromptsConfig, **_: Any) -> None:
+    def __init__(self, cfg: RulePromptsConfig, ctx: DatasetContext = DatasetContext()) -> None:
         self.cfg = cfg
 
     def gold_score(self, prompt: Messages, response: str) -> float:
@@ -223,10 +224,10 @@ class RuleGoldJudge:
 
     Args:
         cfg: ``RuleGoldConfig``.
-        **_: build context the judge does not need.
+        ctx: the judge or evaluator context; nothing in it is needed (the rule is in the prompt).
     """
 
-    def __init__(self, cfg: Any, **_: Any) -> None:
+    def __init__(self, cfg: RuleGoldConfig, ctx: JudgeContext | EvaluatorContext = JudgeContext()) -> None:
         self.cfg = cfg
 
     def score(self, rows: list[dict[str, Any]], out_dir: Any = None) -> list[dict[str, Any]]:

@@ -10,21 +10,23 @@ Run directory layout::
     runs/<name>/results.json     written by the report stage
     runs/<name>/.lock            held by the run in progress (one writer at a time: runner/lock.py)
 
-A stage is skipped when the manifest says it finished with the same fingerprint and its folder carries
-the completion marker. A stage folder with the same fingerprint but no marker was cut off: the stage runs
+A stage is skipped when the manifest says it finished with the same fingerprint, its folder carries the
+completion marker, its outputs match the checksums the manifest recorded (:mod:`spa_recipes.runner.checksums`;
+a damaged output is named in a warning) and no stage it reads from ran in this invocation. A stage
+folder with the same fingerprint but no marker was cut off: the stage runs
 again and continues from its own finished pieces (generation and judging shards, training checkpoints).
-A folder with another fingerprint is removed first.
+A folder with another fingerprint is removed first. SIGTERM or Ctrl-C stops the run at the next step or
+shard boundary (:mod:`spa_recipes.interrupt`), leaving the stage the same way, its manifest entry "interrupted".
 
 Multi-process runs (``torchrun --nproc_per_node N -m spa_recipes run ...`` or ``accelerate launch``): the
 process group is initialised once here. The main process alone decides what runs (and tells the others),
-keeps the manifest, markers and stage outputs, and logs; stages in ``COLLECTIVE_KINDS`` run on every
-process (generation and judging split by shard, training data-parallel), the others on main alone while
-the rest wait. A barrier closes every stage, so no process reads an output before main has written it.
+keeps the manifest, markers and stage outputs, and logs; stages whose kind is declared collective run on
+every process (generation and judging split by shard, training data-parallel), the others on main alone
+while the rest wait. A barrier closes every stage, so no process reads an output before main has written it.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -36,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from spa_recipes.api import StageInfo
 from spa_recipes.atomic import MARKER, is_complete, loads_json, write_json_atomic, write_text_atomic
 from spa_recipes.distributed import (
     barrier,
@@ -45,82 +48,46 @@ from spa_recipes.distributed import (
     shutdown_distributed,
     world_size,
 )
+from spa_recipes.interrupt import Interrupted, stop_agreed, stop_on_signals
 from spa_recipes.progress import set_progress
 from spa_recipes.recipe import recipe_to_dict
-from spa_recipes.registry import get_registry
-from spa_recipes.runner.graph import Stage, build_graph
+from spa_recipes.runner.checksums import checksum_outputs, damage
+from spa_recipes.runner.graph import build_graph
 from spa_recipes.runner.lock import LOCK_FILE, RunDirLocked
 from spa_recipes.runner.lock import acquire as acquire_lock
-from spa_recipes.schema import ComponentSpec, Recipe
+from spa_recipes.runner.stage import Stage, StageContext, build_component
+from spa_recipes.schema import Recipe
 
 log = logging.getLogger("spa_recipes")
 FINGERPRINT_FILE = ".fingerprint"
-# Which module runs each stage kind: spa_recipes.stages.<module>.run(ctx, stage, out_dir) -> summary dict.
-STAGE_MODULES = {
-    "split": "split",
-    "sft": "sft",
-    "dpo": "dpo",
-    "generate": "generate",
-    "judge": "judge",
-    "judge_train": "judge_train",
-    "pairs": "pairs",
-    "eval_baseline": "evaluate",
-    "eval": "evaluate",
-    "report": "report",
-}
-# Stage kinds every process takes part in; the rest run on the main process alone.
-COLLECTIVE_KINDS = frozenset({"sft", "dpo", "generate", "judge", "eval_baseline", "eval"})
 
 
 @dataclass
 class RunContext:
-    """What every stage needs: the recipe, the run directory, the graph, and built components."""
+    """One invocation of a run: the recipe, the run directory, the graph, and per-process objects."""
 
     recipe: Recipe
     run_dir: Path
     stages: dict[str, Stage]
     _cache: dict[str, Any] = field(default_factory=dict)
 
-    def stage_dir(self, name: str) -> Path:
-        return self.run_dir / name
-
-    def model_path(self, ref: str | None) -> str | None:
-        """A stage name resolves to that stage's saved model; anything else is a hub id or a folder."""
-        if ref is not None and ref in self.stages:
-            return str(self.stage_dir(ref) / "model")
-        return ref
-
-    def build(self, spec: ComponentSpec, kind: str, args: Any = None, **context: Any) -> Any:
-        """Build a component section through the registry (with ``args`` in place of its own, if given)."""
-        component = get_registry().get(kind, spec.name)
-        assert component is not None, f"{kind} '{spec.name}' was validated but is not registered"
-        return component.build(spec.args if args is None else args, **context)
-
-    @property
-    def source(self) -> Any:
-        """The data source component (built once per process)."""
-        if "source" not in self._cache:
-            self._cache["source"] = self.build(self.recipe.data, "dataset")
-        return self._cache["source"]
+    def context_for(self, stage: Stage) -> StageContext:
+        return StageContext(stage, self.recipe, self.run_dir, self.stages, self._cache)
 
     @property
     def loggers(self) -> list[Any]:
         """The recipe's loggers (built once per process)."""
         if "loggers" not in self._cache:
-            from spa_recipes.builtins import JsonlLoggerConfig
-            from spa_recipes.loggers import JsonlLogger
+            from spa_recipes.registry import get_registry
 
-            always = JsonlLogger(JsonlLoggerConfig(), run_dir=self.run_dir)  # metrics.jsonl, whatever else is chosen
+            jsonl = get_registry().get("logger", "jsonl")
+            always = jsonl.build(jsonl.config(), run_dir=self.run_dir)  # metrics.jsonl, whatever else is chosen
             self._cache["loggers"] = [always] + [
-                self.build(spec, "logger", run_dir=self.run_dir)
+                build_component(spec, "logger", run_dir=self.run_dir)
                 for spec in self.recipe.logging.loggers
                 if spec.name != "jsonl"
             ]
         return self._cache["loggers"]
-
-    def seed_for(self, stage: Stage) -> int:
-        """A per-stage seed derived from the run seed, stable across processes and resumes."""
-        return (self.recipe.run.seed * 1_000_003 + sum(map(ord, stage.name)) * 7919) % (2**31 - 1)
 
 
 def run_dir_for(recipe: Recipe) -> Path:
@@ -162,6 +129,8 @@ def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None
 
     Raises:
         RunDirLocked: another live run holds the run directory (on every process of a multi-process run).
+        Interrupted: SIGTERM or SIGINT stopped the run at a step or shard boundary (one line says where); the
+            same call resumes it. A second signal ends the process at once (:mod:`spa_recipes.interrupt`).
     """
     init_distributed()
     main = is_main_process()
@@ -202,8 +171,10 @@ def execute(recipe: Recipe, *, fresh: bool = False, progress: bool | None = None
         ctx = RunContext(recipe, run_dir, {s.name: s for s in graph})
         manifest = read_manifest(run_dir) if main else {"stages": {}}  # only main keeps the manifest
         _say(f"run {recipe.run.name}: {len(graph)} stages in {run_dir}")
-        for stage in graph:
-            _run_stage(ctx, stage, manifest)
+        ran: set[str] = set()  # stages run by this invocation: the stages after them cannot be reused
+        with stop_on_signals():  # SIGTERM, Ctrl-C: stop at the next step or shard boundary (spa_recipes.interrupt)
+            for stage in graph:
+                _run_stage(ctx, stage, manifest, ran)
         _say(f"done: {run_dir / 'results.json'}")
         shutdown_distributed()
         return run_dir
@@ -236,16 +207,22 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any]) -> None:
-    out = ctx.stage_dir(stage.name)
+def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any], ran: set[str]) -> None:
+    out = ctx.run_dir / stage.name
     main = is_main_process()
     skip, resumed = False, False
     if main:
         entry = manifest["stages"].get(stage.name, {})
         skip = entry.get("status") == "done" and entry.get("fingerprint") == stage.fingerprint and is_complete(out)
+        skip = skip and _intact(stage, out, entry) and not ran & set(stage.upstream())
     if broadcast(skip):  # main's decision, on every process
         log.info("skip %s (finished, fingerprint %s)", stage.name, stage.fingerprint)
         return
+    if stop_agreed():  # a signal during a stage that does not stop midway (split, pairs, report): stop here
+        stop = Interrupted("before it")
+        _say(f"stopped before {stage.name} ({stop.signal_name}); run the same command to continue")
+        raise stop
+    ran.add(stage.name)
     started = time.time()
     if main:
         fingerprint_file = out / FINGERPRINT_FILE
@@ -256,7 +233,7 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any]) -> None:
         (out / MARKER).unlink(missing_ok=True)
         write_text_atomic(fingerprint_file, stage.fingerprint)
         manifest["stages"][stage.name] = {
-            "fingerprint": stage.fingerprint,
+            **_identity(stage),
             "status": "running",
             "started": started,
             "pid": os.getpid(),
@@ -265,27 +242,50 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any]) -> None:
     _say(f"> {stage.name}{' (resuming)' if resumed else ''}")
     barrier()  # the stage folder is ready before any process writes into it
     summary: dict[str, Any] = {}
-    if main or stage.kind in COLLECTIVE_KINDS:
-        module = importlib.import_module(f"spa_recipes.stages.{STAGE_MODULES[stage.kind]}")
-        summary = module.run(ctx, stage, out) or {}
+    try:
+        if main or stage.kind.collective:
+            summary = stage.kind.run(ctx.context_for(stage)) or {}
+    except Interrupted as stop:  # at a step or shard boundary: no marker, so the same command resumes the stage
+        if main:
+            manifest["stages"][stage.name].update(status="interrupted", stopped=time.time(), at=stop.where)
+            write_json_atomic(ctx.run_dir / "manifest.json", manifest)
+        _say(f"stopped in {stage.name} {stop.where} ({stop.signal_name}); run the same command to continue")
+        raise
     barrier()  # every process's part is on disk before the stage counts as finished
     if not main:
         return
     seconds = round(time.time() - started, 2)
     (out / MARKER).write_text("")
     manifest["stages"][stage.name] = {
-        "fingerprint": stage.fingerprint,
+        **_identity(stage),
         "status": "done",
         "started": started,
         "finished": time.time(),
         "seconds": seconds,
         "summary": summary,
+        "outputs": checksum_outputs(out, stage.kind),
     }
     write_json_atomic(ctx.run_dir / "manifest.json", manifest)
     for logger in ctx.loggers:
-        logger.log_stage(stage.name, seconds, summary)
+        logger.log_stage(StageInfo(stage.name, stage.kind.name, stage.iteration), seconds, summary)
     shown = ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if not isinstance(v, dict | list))
     _say(f"  {stage.name} done in {seconds:.1f}s{': ' + shown if shown else ''}")
+
+
+def _intact(stage: Stage, out: Path, entry: dict[str, Any]) -> bool:
+    """Whether a finished stage's outputs are as it left them; a warning names what is damaged if not."""
+    problem = damage(out, stage.kind, entry["outputs"]) if "outputs" in entry else None
+    if problem is None:
+        return True
+    message = f"{stage.name}: {problem} since it finished; running it again, and the stages after it"
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+    log.warning(message)
+    return False
+
+
+def _identity(stage: Stage) -> dict[str, Any]:
+    """What the manifest records of a stage besides its progress (reporting reads kind and iteration)."""
+    return {"fingerprint": stage.fingerprint, "kind": stage.kind.name, "iteration": stage.iteration}
 
 
 def _fmt(value: Any) -> str:
@@ -293,7 +293,8 @@ def _fmt(value: Any) -> str:
 
 
 def stage_status(run_dir: Path, recipe: Recipe) -> list[dict[str, Any]]:
-    """Per stage of the recipe's graph: done, running, cut off, stale (another fingerprint) or pending."""
+    """Per stage of the recipe's graph: done, running, cut off, interrupted (stopped by a signal), stale (another
+    fingerprint) or pending."""
     manifest = read_manifest(run_dir)
     rows = []
     for stage in build_graph(recipe):
@@ -306,6 +307,8 @@ def stage_status(run_dir: Path, recipe: Recipe) -> list[dict[str, Any]]:
                 status = "done"
             elif entry.get("status") == "running":
                 status = "running" if _alive(entry.get("pid")) else "cut off"
+            elif entry.get("status") == "interrupted":  # stopped by SIGTERM or Ctrl-C at a step or shard
+                status = "interrupted"
         rows.append(
             {
                 "stage": stage.name,

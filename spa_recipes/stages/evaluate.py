@@ -1,4 +1,4 @@
-"""eval_baseline / eval: responses on the hold-out prompts, compared with the baseline's under the evaluator.
+"""eval: a model's responses on the hold-out prompts, compared with the baseline's under the evaluator.
 
 For an iteration it also measures the self-labels' agreement with the evaluator (gold, in the toy world):
 the share of the iteration's pairs whose chosen response the evaluator prefers (ties count half).
@@ -6,24 +6,20 @@ the share of the iteration's pairs whose chosen response the evaluator prefers (
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from spa_recipes.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from spa_recipes.distributed import is_main_process
 from spa_recipes.evaluation import evaluate_pairs, judge_compare
-from spa_recipes.runner.graph import Stage
-from spa_recipes.stages.generate import response_stats
+from spa_recipes.runner.stage import StageContext, StageKind
 
 
-def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
-    rows = _generate(ctx, stage, out)
+def run(ctx: StageContext) -> dict[str, Any]:
+    rows = respond(ctx)
     if not is_main_process():  # the other processes only help generate; main compares and writes
         return {}
-    if stage.kind == "eval_baseline":
-        return response_stats(rows)
     recipe = ctx.recipe
-    baseline = read_jsonl(ctx.stage_dir("eval_baseline") / "responses.jsonl")
+    baseline = read_jsonl(ctx.input("baseline"))
     evaluator = ctx.build(recipe.evaluation.evaluator, "evaluator", world=ctx.source, dtype=recipe.models.dtype)
     compare = judge_compare(evaluator)
     k = recipe.evaluation.samples_per_prompt
@@ -36,19 +32,45 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         model_num_tokens=[n for row in rows for n in row["num_tokens"]],
         baseline_num_tokens=[n for row in baseline for n in row["num_tokens"]],
     )
-    metrics.update(model=stage.model, iteration=stage.iteration, evaluator=recipe.evaluation.evaluator.name)
-    if stage.iteration > 0:
-        pairs = read_jsonl(ctx.stage_dir(f"iter{stage.iteration}_pairs") / "pairs.jsonl")
+    stage = ctx.stage
+    metrics.update(
+        model=stage.input_name("policy"), iteration=stage.iteration, evaluator=recipe.evaluation.evaluator.name
+    )
+    if ctx.has_input("pairs"):
+        pairs = read_jsonl(ctx.input("pairs"))
         outcomes = compare([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs])
         judged = [o for o in outcomes if o is not None]
         metrics["agreement_with_gold"] = 100.0 * sum(judged) / len(judged) if judged else None
         metrics["pairs_judged"] = len(judged)
-    write_json_atomic(out / "eval.json", metrics)
+    write_json_atomic(ctx.output("eval"), metrics)
     return {k: v for k, v in metrics.items() if k in {"win_rate", "lc_win_rate", "n", "agreement_with_gold"}}
 
 
-def _generate(ctx: Any, stage: Stage, out: Path) -> list[dict[str, Any]]:
-    """The model's responses to the hold-out prompts, with the evaluation's sampling settings."""
+# What generating the hold-out responses reads (eval_baseline reads the same).
+RESPOND_READS = (
+    "evaluation.samples_per_prompt",
+    "evaluation.temperature",
+    "evaluation.max_new_tokens",
+    "generation",
+    "models.dtype",
+    "training.iteration.max_prompt_length",
+    "run.seed",
+)
+
+KIND = StageKind(
+    "eval",
+    run,
+    # policy: the model evaluated; baseline: eval_baseline's responses; pairs: the iteration's, for agreement.
+    inputs=("prompts", "policy", "baseline", "pairs"),
+    outputs={"responses": "responses.jsonl", "eval": "eval.json", "shards": "shards"},
+    scratch=("shards",),
+    reads=("evaluation", "generation", "models.dtype", "training.iteration.max_prompt_length", "run.seed", "data"),
+    collective=True,
+)
+
+
+def respond(ctx: StageContext) -> list[dict[str, Any]]:
+    """The ``policy`` input's responses to the hold-out prompts, with the evaluation's sampling settings."""
     recipe = ctx.recipe
     evaluation = recipe.evaluation
     settings = recipe.generation.args.model_copy(
@@ -59,16 +81,15 @@ def _generate(ctx: Any, stage: Stage, out: Path) -> list[dict[str, Any]]:
         }
     )
     generator = ctx.build(recipe.generation, "generator", args=settings)
-    prompts = read_jsonl(ctx.stage_dir("split") / "eval.jsonl")
     # The same sampling seed for every model: differences come from the models, not the draws.
     rows = generator.generate(
-        prompts,
-        model_path=ctx.model_path(stage.model),
-        out_dir=out / "shards",
+        read_jsonl(ctx.input("prompts")),
+        model_path=ctx.model("policy"),
+        out_dir=ctx.output("shards"),
         seed=recipe.run.seed + 17,
         dtype=recipe.models.dtype,
         max_prompt_length=recipe.training.iteration.max_prompt_length,
     )
     if is_main_process():
-        write_jsonl_atomic(out / "responses.jsonl", rows)
+        write_jsonl_atomic(ctx.output("responses"), rows)
     return rows

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from spa_recipes.atomic import read_jsonl, write_jsonl_atomic
 from spa_recipes.distributed import is_main_process
-from spa_recipes.runner.graph import Stage
+from spa_recipes.runner.stage import StageContext, StageKind
 
 
-def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     recipe = ctx.recipe
-    prompts = read_jsonl(ctx.stage_dir("split") / f"prompts_{stage.iteration}.jsonl")
     generator = ctx.build(recipe.generation, "generator")
     rows = generator.generate(
-        prompts,
-        model_path=ctx.model_path(stage.model),
-        out_dir=out / "shards",
-        seed=ctx.seed_for(stage),
+        read_jsonl(ctx.input("prompts")),
+        model_path=ctx.model("policy"),
+        out_dir=ctx.output("shards"),
+        seed=ctx.seed,
         dtype=recipe.models.dtype,
         max_prompt_length=recipe.training.iteration.max_prompt_length,
     )
     if is_main_process():  # every process has all rows; main alone writes them
-        write_jsonl_atomic(out / "responses.jsonl", rows)
+        write_jsonl_atomic(ctx.output("responses"), rows)
     return response_stats(rows)
+
+
+KIND = StageKind(
+    "generate",
+    run,
+    inputs=("prompts", "policy"),
+    outputs={"responses": "responses.jsonl", "shards": "shards"},
+    scratch=("shards",),
+    reads=("generation", "models.dtype", "training.iteration.max_prompt_length", "run.seed"),
+    collective=True,
+)
 
 
 def response_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:

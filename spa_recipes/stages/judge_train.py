@@ -1,32 +1,46 @@
 """judge_train: train the recipe's external judge once on the labelled seed pairs (a fixed judge baseline).
 
-Any judge whose config sets ``train_on_seed: true`` and whose class offers
-``train_on_seed(cfg, pairs, *, base_path, output_dir, seed, dtype, max_length)`` gets this stage.
+A judge whose config sets ``train_on_seed: true`` gets this stage; its config declares the ``train_on_seed``
+capability and its class has ``train_on_seed(cfg, pairs, *, base_path, output_dir, work_dir, seed, dtype,
+max_length, training)``. It trains on the shared training loop (Accelerate, resume from checkpoints) with
+the iterations' training settings, so every process takes part.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from spa_recipes.api import TRAIN_ON_SEED
 from spa_recipes.atomic import read_jsonl
 from spa_recipes.errors import PluginError
 from spa_recipes.registry import get_registry
-from spa_recipes.runner.graph import Stage
+from spa_recipes.runner.stage import StageContext, StageKind
 
 
-def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     recipe = ctx.recipe
-    judge_class = get_registry().get("judge", recipe.judge.name).resolve_builder()
-    train = getattr(judge_class, "train_on_seed", None)
-    if train is None:
+    component = get_registry().get("judge", recipe.judge.name)
+    if not component.offers(TRAIN_ON_SEED):
         raise PluginError(f"judge.train_on_seed: judge '{recipe.judge.name}' cannot be trained on the seed pairs")
-    return train(
+    return component.resolve_builder().train_on_seed(
         recipe.judge.args,
-        read_jsonl(ctx.stage_dir("split") / "seed.jsonl"),
-        base_path=ctx.model_path(stage.model),
-        output_dir=out / "model",
-        seed=ctx.seed_for(stage),
+        read_jsonl(ctx.input("pairs")),
+        base_path=ctx.model("base"),
+        output_dir=ctx.output("model"),
+        work_dir=ctx.output("work"),
+        seed=ctx.seed,
         dtype=recipe.models.dtype,
         max_length=recipe.training.iteration.max_length,
+        training=recipe.training.iteration,
     )
+
+
+KIND = StageKind(
+    "judge_train",
+    run,
+    inputs=("pairs", "base"),
+    outputs={"model": "model", "work": "work"},
+    scratch=("work",),
+    reads=("judge", "models.dtype", "training.iteration", "run.seed"),
+    collective=True,
+)

@@ -1,30 +1,38 @@
-"""sft: supervised warm-up on the data source's demonstrations; makes pi_init (toy recipes only)."""
+"""sft: supervised warm-up on the data source's demonstrations; makes pi_init from ``models.base`` (toy recipes)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from spa_recipes.runner.graph import Stage
+from spa_recipes.runner.stage import StageContext, StageKind
 from spa_recipes.training.sft import train_sft
 
 
-def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     recipe = ctx.recipe
     tokenizer = ctx.source.tokenizer()
-    seed = ctx.seed_for(stage)
-    torch.manual_seed(seed)
+    torch.manual_seed(ctx.seed)
     model = ctx.build(recipe.models.base, "model", tokenizer=tokenizer)
     return train_sft(
         ctx.source.demonstrations(),
         model=model,
         tokenizer=tokenizer,
-        output_dir=out / "model",
-        work_dir=out / "work",
+        output_dir=ctx.output("model"),
+        work_dir=ctx.output("work"),
         training=recipe.training.sft,
-        seed=seed,
+        seed=ctx.seed,
         dtype=recipe.models.dtype,
-        description=stage.name,
+        description=ctx.stage.name,
     )
+
+
+KIND = StageKind(
+    "sft",
+    run,
+    outputs={"model": "model", "work": "work"},
+    scratch=("work",),
+    reads=("data", "models.base", "models.dtype", "training.sft", "run.seed"),
+    collective=True,
+)

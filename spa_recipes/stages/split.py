@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from spa_recipes.atomic import write_json_atomic, write_jsonl_atomic
 from spa_recipes.errors import DataError
-from spa_recipes.runner.graph import Stage
+from spa_recipes.runner.stage import StageContext, StageKind
 
 
-def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     recipe = ctx.recipe
     rows, skipped = clean_rows(ctx.source.rows())
     random.Random(recipe.run.seed).shuffle(rows)
@@ -44,12 +43,12 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
     if not disjoint:
         raise DataError("split: seed, iteration and eval sets overlap")  # a bug if ever seen: rows are deduplicated
     write_jsonl_atomic(
-        out / "seed.jsonl",
+        ctx.output("seed"),
         [{"id": r["id"], "prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in seed_rows],
     )
     for i, prompts in enumerate(prompt_sets, start=1):
-        write_jsonl_atomic(out / f"prompts_{i}.jsonl", prompts)
-    write_jsonl_atomic(out / "eval.jsonl", eval_rows)
+        write_jsonl_atomic(ctx.output("prompts", i), prompts)
+    write_jsonl_atomic(ctx.output("eval"), eval_rows)
     stats = {
         "rows": n + sum(skipped.values()),
         "usable": n,
@@ -60,8 +59,16 @@ def run(ctx: Any, stage: Stage, out: Path) -> dict[str, Any]:
         "unused": n - needed,
         "disjoint": disjoint,
     }
-    write_json_atomic(out / "stats.json", stats)
+    write_json_atomic(ctx.output("stats"), stats)
     return {"seed_pairs": n_seed, "prompts": sum(n_iter), "eval_prompts": n_eval, "skipped": sum(skipped.values())}
+
+
+KIND = StageKind(
+    "split",
+    run,
+    outputs={"seed": "seed.jsonl", "prompts": "prompts_{index}.jsonl", "eval": "eval.jsonl", "stats": "stats.json"},
+    reads=("data", "split", "iterations", "run.seed"),
+)
 
 
 def _count(value: int | float, n: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spa_recipes.builtins import ComponentConfig
+from spa_recipes.api import ComponentConfig, EvaluatorContext, JudgeContext
 from spa_recipes.toyworld.world import ToyWorld
 
 Messages = list[dict[str, str]]
@@ -17,13 +17,12 @@ class GoldJudge:
 
     Args:
         cfg: ``GoldJudgeConfig`` or ``GoldEvaluatorConfig`` (both empty).
-        world: the world whose gold preference this is.
-        **_: build context the judge does not need.
+        ctx: its ``world`` is the world whose gold preference this is.
     """
 
-    def __init__(self, cfg: ComponentConfig, *, world: ToyWorld, **_: Any) -> None:
+    def __init__(self, cfg: ComponentConfig, ctx: JudgeContext | EvaluatorContext) -> None:
         self.cfg = cfg
-        self.world = world
+        self.world: ToyWorld = ctx.world
 
     def score(self, rows: list[Row], out_dir: Path | None = None) -> list[Row]:
         """The judge contract (:class:`spa_recipes.judges.base.Judge`): gold scores of generated rows.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from spa_recipes.builtins import TinyLlamaConfig
+from spa_recipes.api import ModelContext
+from spa_recipes.toyworld.config import TinyLlamaConfig
 
 
-def build_tiny_llama(cfg: TinyLlamaConfig, tokenizer: Any, **_: Any) -> Any:
+def build_tiny_llama(cfg: TinyLlamaConfig, ctx: ModelContext) -> Any:
     """A randomly initialised ``LlamaForCausalLM`` over the tokenizer's vocabulary.
 
     The caller seeds torch first; the weights are a function of that seed. Input and output embeddings
@@ -15,14 +16,14 @@ def build_tiny_llama(cfg: TinyLlamaConfig, tokenizer: Any, **_: Any) -> Any:
 
     Args:
         cfg: widths and depth.
-        tokenizer: gives the vocabulary size and the bos/eos/pad ids (pad falls back to eos).
-        **_: build context the model does not need.
+        ctx: its ``tokenizer`` gives the vocabulary size and the bos/eos/pad ids (pad falls back to eos).
 
     Returns:
         The model in train mode, fp32, with a generation config that stops at EOS and pads with pad.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    tokenizer = ctx.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = LlamaConfig(
         vocab_size=len(tokenizer),

@@ -31,8 +31,9 @@ import random
 from functools import cached_property
 from typing import Any
 
-from spa_recipes.builtins import ToyWorldConfig
+from spa_recipes.api import DatasetContext
 from spa_recipes.errors import DataError
+from spa_recipes.toyworld.config import ToyWorldConfig
 
 Messages = list[dict[str, str]]
 
@@ -191,12 +192,12 @@ class ToyWorld:
 
     Args:
         cfg: counts and the world seed.
-        **_: build context the world does not need.
+        ctx: nothing a data source needs.
     """
 
     has_gold = True
 
-    def __init__(self, cfg: ToyWorldConfig, **_: Any) -> None:
+    def __init__(self, cfg: ToyWorldConfig, ctx: DatasetContext = DatasetContext()) -> None:
         if cfg.num_prompts > ROW_PROMPT_SPACE // 2:
             # Drawing distinct prompts by rejection slows down as the space fills.
             raise DataError(f"toy world: num_prompts {cfg.num_prompts} is above {ROW_PROMPT_SPACE // 2}")

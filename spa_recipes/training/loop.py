@@ -1,38 +1,18 @@
-"""The training loop both trainers share: data order, optimiser, schedule, accumulation, clipping,
-the non-finite policy, checkpoints with exact resume, and per-step metrics.
+"""The training loop the trainers share: accumulation, clipping, the non-finite policy, checkpoints on schedule,
+and per-step metrics.
 
-A trainer (preference.py, sft.py) sets up its model and data and hands :func:`run_training_loop` one
+A trainer (preference.py, sft.py, reward.py) sets up its model and data and hands :func:`run_training_loop` one
 function, ``compute(model, indices, step, total_steps) -> MicroBatch``: the loss of one micro-batch (the
-examples at ``indices``) under the prepared model and its statistics. Everything else lives here, written once.
+examples at ``indices``) under the prepared model and its statistics. The rest is written once, here and in
+the modules the loop reads top to bottom:
 
-Data order. Each epoch is a permutation of the examples drawn from ``torch.Generator`` seeded with
-``(seed, epoch)``; it is padded with its own head to a multiple of the process count (as
-``DistributedSampler`` does) and dealt out in micro-batches of ``batch_size`` per process. With
-``group_by_length`` the permutation is then cut into windows of ``GROUP_WINDOW`` global batches, each window
-sorted by example length and cut into global batches, and the full global batches are shuffled by the same
-generator (the one short batch, if any, stays last): each micro-batch holds examples of similar length, so
-little of it is padding. The order is a pure function of (seed, epoch, process count, lengths), so a
-checkpoint stores only where in it training stands.
+- :mod:`spa_recipes.training.data_order`: which examples each micro-batch of each optimiser step holds;
+- :mod:`spa_recipes.training.optimization`: accelerator and mixed precision, float32 master weights,
+  gradient checkpointing, AdamW and the learning-rate schedule;
+- :mod:`spa_recipes.training.checkpoints`: checkpoints with exact resume.
 
-Steps. ``epochs`` may be fractional: the run is ``ceil(epochs * micro_batches_per_epoch)`` micro-batches,
-grouped by ``gradient_accumulation_steps`` into optimiser steps (the last one may be shorter; its
-micro-batches are averaged over their own count).
-
-Checkpoints (``work_dir/checkpoints/step-N``, written by the main process with ``atomic_dir``): model
-weights, optimiser, scheduler, loop counters, and per process its RNG states (torch, CUDA, python,
-numpy) and its stateful components (e.g. a noise detector's window). A run finding a complete
-checkpoint continues from the newest one; the final weights equal those of an uninterrupted run.
-Checkpoints are taken at optimiser-step boundaries.
-
-Precision. The trained model always holds float32 master weights and AdamW state (a model loaded in 16 bits
-is upcast here); with a 16-bit ``models.dtype`` the forward and backward run in it under the accelerator's
-mixed precision (:func:`make_accelerator`). ``training.gradient_checkpointing`` recomputes each layer's
-activations in the backward instead of keeping them.
-
-Sharding. Weights and optimiser state go through ``torch.distributed.checkpoint.state_dict``: gathered
-to full tensors on the main process when saved, and scattered back to each process's shard when loaded.
-That one path serves a single process, DDP and FSDP2 alike, so a checkpoint holds full (unsharded)
-tensors whatever wrote it. The final weights are gathered the same way (:attr:`LoopResult.state_dict`).
+Steps. An optimiser step is ``gradient_accumulation_steps`` micro-batches (the last one may be shorter; its
+micro-batches are averaged over their own count); gradients are all-reduced once, on its last micro-batch.
 """
 
 from __future__ import annotations
@@ -40,36 +20,37 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 
-from spa_recipes.atomic import append_text, atomic_dir, dumps_json, is_complete, loads_json, read_jsonl
-from spa_recipes.errors import UserError
-from spa_recipes.faults import fault_point
-from spa_recipes.modeling import resolve_dtype
+from spa_recipes.atomic import append_text, atomic_dir, dumps_json, read_jsonl
+from spa_recipes.errors import TrainingError
+from spa_recipes.interrupt import Interrupted, stop_agreed
+from spa_recipes.modeling import save_model
 from spa_recipes.progress import progress_bar
 from spa_recipes.schema import TrainingSection
+from spa_recipes.training.checkpoints import (
+    Stateful,
+    full_state_dict,
+    list_checkpoints,
+    resume_newest,
+    save_checkpoint,
+)
+from spa_recipes.training.data_order import DataOrder, Plan, plan_steps
+from spa_recipes.training.optimization import (
+    build_optimizer,
+    build_scheduler,
+    disable_gradient_checkpointing,
+    enable_gradient_checkpointing,
+    float32_master_weights,
+)
 
-CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
-
-
-class TrainingError(UserError):
-    """Training cannot go on (a non-finite loss or gradient under ``nonfinite: fail``, a mismatched checkpoint)."""
-
-
-class Stateful(Protocol):
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -89,286 +70,6 @@ class MicroBatch:
     lists: dict[str, list[Any]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """How many micro-batches and optimiser steps a run has."""
-
-    micro_per_epoch: int
-    total_micro: int
-    total_steps: int
-    accumulation: int
-
-
-def plan_steps(num_examples: int, training: TrainingSection, num_processes: int) -> Plan:
-    """The run's micro-batch and optimiser-step counts.
-
-    Raises:
-        UserError: no examples.
-    """
-    if num_examples == 0:
-        raise UserError("training: the dataset is empty")
-    per_process = math.ceil(num_examples / num_processes)
-    micro_per_epoch = math.ceil(per_process / training.batch_size)
-    total_micro = max(1, math.ceil(training.epochs * micro_per_epoch - 1e-9))
-    accumulation = training.gradient_accumulation_steps
-    return Plan(micro_per_epoch, total_micro, math.ceil(total_micro / accumulation), accumulation)
-
-
-def epoch_batches(
-    num_examples: int,
-    *,
-    seed: int,
-    epoch: int,
-    batch_size: int,
-    num_processes: int,
-    process_index: int,
-    lengths: list[int] | None = None,
-) -> list[list[int]]:
-    """This process's micro-batches (example indices) for one epoch; see the module docstring.
-
-    ``lengths`` (one per example, e.g. its padded width) turns on length grouping.
-    """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_examples, generator=generator).tolist()
-    padded_len = math.ceil(num_examples / num_processes) * num_processes
-    order = (order * math.ceil(padded_len / num_examples))[:padded_len]
-    if lengths is not None:
-        order = _group_by_length(order, lengths, batch_size * num_processes, generator)
-    mine = order[process_index::num_processes]
-    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-
-
-GROUP_WINDOW = 32  # global batches sorted together: long enough to find similar lengths, short enough to mix
-
-
-def _group_by_length(order: list[int], lengths: list[int], global_batch: int, generator: torch.Generator) -> list[int]:
-    window = global_batch * GROUP_WINDOW
-    ranked: list[int] = []
-    for start in range(0, len(order), window):
-        ranked += sorted(order[start : start + window], key=lambda i: -lengths[i])  # stable: ties keep their order
-    batches = [ranked[i : i + global_batch] for i in range(0, len(ranked), global_batch)]
-    full = [b for b in batches if len(b) == global_batch]
-    short = [b for b in batches if len(b) < global_batch]
-    # Every process draws the same permutation, so process p's k-th micro-batch stays in the k-th global batch.
-    shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
-    return [i for batch in shuffled + short for i in batch]
-
-
-MIXED_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}
-
-
-def make_accelerator(dtype: str) -> Any:
-    """The trainers' ``Accelerator``, its mixed precision following the recipe's ``models.dtype``.
-
-    A 16-bit ``dtype`` means mixed precision: the trained model keeps float32 master weights and optimiser
-    state (:func:`run_training_loop` makes sure of it) and its forward and backward run under autocast in
-    that 16-bit type; under FSDP2 Accelerate turns the same setting into FSDP's mixed-precision policy. This
-    argument wins over a launcher config's ``mixed_precision``. The launcher (``accelerate launch
-    --config_file``) picks DDP or FSDP.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    mixed_precision = MIXED_PRECISION[resolve_dtype(dtype)]
-    # Accelerate keeps one state per process and refuses another precision; a process that trains in two
-    # precisions (a notebook, the tests) starts the accelerator state anew. The process group is kept.
-    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
-        AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision)
-
-
-def parallelism(accelerator: Any) -> str:
-    """How training is spread: ``single``, ``ddp`` (whole model per process) or ``fsdp2`` (sharded)."""
-    if accelerator.is_fsdp2:
-        return "fsdp2"
-    return "ddp" if accelerator.num_processes > 1 else "single"
-
-
-def build_optimizer(model: torch.nn.Module, training: TrainingSection) -> torch.optim.Optimizer:
-    """AdamW; biases and norm weights (1-d parameters) get no weight decay."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": training.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # fused: one kernel for all parameters (CPU and GPU), instead of a loop of small ops per tensor.
-    return torch.optim.AdamW(groups, lr=training.learning_rate, fused=True)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSection, total_steps: int) -> Any:
-    """Cosine, linear or constant learning rate after ``ceil(warmup_ratio * total_steps)`` linear warm-up steps."""
-    from transformers import get_scheduler
-
-    name = {"constant": "constant_with_warmup"}.get(training.lr_scheduler, training.lr_scheduler)
-    warmup = math.ceil(training.warmup_ratio * total_steps)
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-
-
-def _float32_master_weights(model: torch.nn.Module) -> None:
-    """Upcast a model loaded in 16 bits to float32 in place, so that optimiser updates are not lost.
-
-    At lr 5e-7 an AdamW update is below bf16's resolution for almost every weight; the forward and backward
-    still run in 16 bits under the accelerator's autocast (see :func:`make_accelerator`).
-    """
-    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
-        model.float()
-
-
-def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Keep only each layer's input during the forward and recompute the rest in the backward.
-
-    Non-reentrant checkpointing works with DDP, FSDP2 and inputs that need no gradient.
-
-    Raises:
-        UserError: the model class has no gradient checkpointing.
-    """
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise UserError(f"training.gradient_checkpointing: {type(model).__name__} does not support it")
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name is deprecated
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def _disable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Undo :func:`_enable_gradient_checkpointing` on the trained model (it is saved and may be used again)."""
-    if hasattr(model, "activation_checkpointing_disable"):
-        model.activation_checkpointing_disable()
-    else:
-        model.gradient_checkpointing_disable()
-
-
-# Checkpoints ----------------------------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _gathered() -> Any:
-    """Full (unsharded) tensors on the CPU of the main process; nothing on the others."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The prepared (plain, DDP or FSDP2) model's full weights on the main process's CPU; ``{}`` elsewhere.
-
-    Every process must call it (FSDP gathers the shards).
-    """
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    return get_model_state_dict(model, options=_gathered())
-
-
-def list_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints as ``(step, folder)``, oldest first."""
-    root = work_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = []
-    for folder in root.iterdir():
-        if folder.name.startswith("step-") and folder.name[5:].isdigit() and is_complete(folder):
-            found.append((int(folder.name[5:]), folder))
-    return sorted(found)
-
-
-def save_checkpoint(
-    accelerator: Any,
-    work_dir: Path,
-    step: int,
-    *,
-    model: torch.nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    loop_state: dict[str, Any],
-    stateful: dict[str, Stateful],
-    keep: int,
-) -> None:
-    """Write ``work_dir/checkpoints/step-{step}`` atomically and prune to the newest ``keep``.
-
-    Every process must call it (per-process states are gathered to the main process, which writes).
-    """
-    from accelerate.utils import gather_object
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    process_state = {"rng": rng_state(), **{name: obj.state_dict() for name, obj in stateful.items()}}
-    states = gather_object([process_state]) if accelerator.num_processes > 1 else [process_state]
-    model_state = full_state_dict(model)
-    optimizer_state = get_optimizer_state_dict(model, optimizer, options=_gathered())
-    if accelerator.is_main_process:
-        with atomic_dir(work_dir / CHECKPOINTS / f"step-{step}", "training checkpoint") as tmp:
-            torch.save(model_state, tmp / "model.pt")
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(states, tmp / "process_states.pt")
-            (tmp / "loop_state.json").write_text(dumps_json(loop_state, indent=2, sort_keys=True))
-        for _, old in list_checkpoints(work_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        fault_point(work_dir / CHECKPOINTS / f"step-{step}")
-    accelerator.wait_for_everyone()
-
-
-def load_checkpoint(
-    accelerator: Any,
-    folder: Path,
-    *,
-    model: torch.nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    stateful: dict[str, Stateful],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore weights, optimiser, scheduler and stateful components; return ``(loop_state, rng_state)``.
-
-    The RNG state is returned rather than set so the caller restores it last.
-
-    Raises:
-        TrainingError: the checkpoint was written by a different number of processes.
-    """
-    # Our own files (tensors plus python/numpy RNG tuples), hence weights_only=False.
-    states = torch.load(folder / "process_states.pt", weights_only=False)
-    if len(states) != accelerator.num_processes:
-        raise TrainingError(
-            f"checkpoint {folder} was written by {len(states)} processes, this run has "
-            f"{accelerator.num_processes}; resume with the same process count or delete the checkpoint"
-        )
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    # The main process reads the full tensors and sends each process its shard; the others read nothing.
-    spread = accelerator.num_processes > 1
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=spread)
-
-    def read(name: str) -> dict[str, Any]:
-        if spread and not accelerator.is_main_process:
-            return {}
-        return torch.load(folder / name, weights_only=False, mmap=True)
-
-    set_model_state_dict(model, read("model.pt"), options=options)
-    set_optimizer_state_dict(model, optimizer, read("optimizer.pt"), options=options)
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    mine = states[accelerator.process_index]
-    for name, obj in stateful.items():
-        obj.load_state_dict(mine[name])
-    return loads_json((folder / "loop_state.json").read_text()), mine["rng"]
-
-
 # Metrics --------------------------------------------------------------------------------------------
 
 
@@ -379,6 +80,14 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     rows = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in rows if json.loads(line).get("step", 0) <= after_step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``work_dir/metrics.jsonl`` (the whole run, across resumes)."""
+    path = work_dir / METRICS
+    if not path.exists():
+        return []
+    return read_jsonl(path)
 
 
 def _reduce_stats(accelerator: Any, micro: list[MicroBatch]) -> dict[str, Any]:
@@ -418,6 +127,46 @@ class LoopResult:
     history: list[dict[str, Any]]
     resumed_from: int | None
     stopped_early: bool
+
+
+def save_trained(accelerator: Any, result: LoopResult, tokenizer: Any, output_dir: Path, dtype: str) -> None:
+    """Save a finished loop's model (with ``tokenizer``) atomically to ``output_dir`` in ``dtype``; nothing after
+    a deliberate stop. Every process must call it."""
+    if not result.stopped_early and accelerator.is_main_process:
+        with atomic_dir(output_dir) as tmp:
+            save_model(result.model, tokenizer, tmp, result.state_dict, dtype=dtype)
+    accelerator.wait_for_everyone()
+
+
+def _backward_step(
+    accelerator: Any,
+    model: Any,
+    step_batches: list[list[int]],
+    compute: Callable[[Any, list[int], int, int], MicroBatch],
+    step: int,
+    plan: Plan,
+    max_norm: float,
+) -> tuple[list[MicroBatch], Any, bool]:
+    """Forward and backward of one optimiser step's micro-batches, then clipping: ``(results, grad_norm,
+    nonfinite)``, ``nonfinite`` agreed by every process."""
+    results: list[MicroBatch] = []
+    nonfinite = False
+    for n, indices in enumerate(step_batches):
+        # Gradients are all-reduced once per optimiser step, on its last micro-batch.
+        sync = n < len(step_batches) - 1 and accelerator.num_processes > 1
+        with accelerator.no_sync(model) if sync else contextlib.nullcontext():
+            result = compute(model, indices, step, plan.total_steps)
+            nonfinite |= not bool(torch.isfinite(result.loss.detach()).all())
+            accelerator.backward(result.loss / len(step_batches))
+        results.append(result)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    # Under fp16 the loss scaler owns overflowing gradients: it skips the step and lowers its scale.
+    if accelerator.scaler is None:
+        nonfinite |= not math.isfinite(float(grad_norm))
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([float(nonfinite)], device=accelerator.device)
+        nonfinite = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    return results, grad_norm, nonfinite
 
 
 def run_training_loop(
@@ -464,6 +213,8 @@ def run_training_loop(
     Raises:
         TrainingError: a non-finite loss or gradient with ``nonfinite: fail`` (the last complete
             checkpoint is left as it was), or a checkpoint from a different configuration.
+        Interrupted: a stop was requested (SIGTERM, Ctrl-C); raised after the optimiser step in progress, once a
+            checkpoint of that step is written.
     """
     from accelerate.utils import set_seed
 
@@ -471,9 +222,9 @@ def run_training_loop(
     work_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_steps(num_examples, training, accelerator.num_processes)
     set_seed(seed)
-    _float32_master_weights(model)
+    float32_master_weights(model)
     if training.gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
+        enable_gradient_checkpointing(model)
     optimizer = build_optimizer(model, training)
     scheduler = build_scheduler(optimizer, training, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -487,19 +238,17 @@ def run_training_loop(
     }
     loop_state: dict[str, Any] = {"step": 0, "skipped_steps": 0, "final_loss": float("nan"), **fingerprint}
     resumed_from = None
-    checkpoints = list_checkpoints(work_dir)
-    if checkpoints:
-        resumed_from, folder = checkpoints[-1]
-        loop_state, rng = load_checkpoint(
-            accelerator, folder, model=model, optimizer=optimizer, scheduler=scheduler, stateful=stateful
-        )
-        for key, value in fingerprint.items():
-            if loop_state.get(key) != value:
-                raise TrainingError(
-                    f"checkpoint {folder} belongs to a different run ({key} {loop_state.get(key)} != {value}); "
-                    "delete it or use a fresh work_dir"
-                )
-        set_rng_state(rng)
+    resumed = resume_newest(
+        accelerator,
+        work_dir,
+        fingerprint=fingerprint,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        stateful=stateful,
+    )
+    if resumed is not None:
+        loop_state, resumed_from = resumed
     metrics_path = work_dir / METRICS
     if accelerator.is_main_process:
         truncate_metrics(metrics_path, loop_state["step"])
@@ -510,48 +259,24 @@ def run_training_loop(
         plan.total_steps, description, initial=step, unit="step", enabled=progress and accelerator.is_main_process
     )
     max_norm = training.max_grad_norm if training.max_grad_norm is not None else float("inf")
-    batches: list[list[int]] = []
-    batches_epoch = -1
+    order = DataOrder(
+        plan,
+        num_examples,
+        seed=seed,
+        batch_size=training.batch_size,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+        lengths=lengths if training.group_by_length else None,
+    )
     stopped_early = False
 
     while step < plan.total_steps:
         started = time.perf_counter()
-        first = step * plan.accumulation
-        micro_indices = range(first, min(first + plan.accumulation, plan.total_micro))
-        step_batches: list[list[int]] = []
-        for micro in micro_indices:
-            epoch = micro // plan.micro_per_epoch
-            if epoch != batches_epoch:
-                batches = epoch_batches(
-                    num_examples,
-                    seed=seed,
-                    epoch=epoch,
-                    batch_size=training.batch_size,
-                    num_processes=accelerator.num_processes,
-                    process_index=accelerator.process_index,
-                    lengths=lengths if training.group_by_length else None,
-                )
-                batches_epoch = epoch
-            step_batches.append(batches[micro % plan.micro_per_epoch])
+        first = order.first_micro(step)
+        step_batches = order.step_batches(step)
         if begin_step is not None:
             begin_step(model, step_batches, step, plan.total_steps)
-        results: list[MicroBatch] = []
-        nonfinite = False
-        for n, indices in enumerate(step_batches):
-            # Gradients are all-reduced once per optimiser step, on its last micro-batch.
-            sync = n < len(step_batches) - 1 and accelerator.num_processes > 1
-            with accelerator.no_sync(model) if sync else contextlib.nullcontext():
-                result = compute(model, indices, step, plan.total_steps)
-                nonfinite |= not bool(torch.isfinite(result.loss.detach()).all())
-                accelerator.backward(result.loss / len(step_batches))
-            results.append(result)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-        # Under fp16 the loss scaler owns overflowing gradients: it skips the step and lowers its scale.
-        if accelerator.scaler is None:
-            nonfinite |= not math.isfinite(float(grad_norm))
-        if accelerator.num_processes > 1:
-            flag = torch.tensor([float(nonfinite)], device=accelerator.device)
-            nonfinite = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        results, grad_norm, nonfinite = _backward_step(accelerator, model, step_batches, compute, step, plan, max_norm)
         if nonfinite and training.nonfinite == "fail":
             last_ckpt = list_checkpoints(work_dir)
             where = f"the last complete checkpoint is {last_ckpt[-1][1]}" if last_ckpt else "no checkpoint was written"
@@ -592,7 +317,9 @@ def run_training_loop(
 
         stopping = stop_after is not None and step >= stop_after and step < plan.total_steps
         due = training.checkpoint_every and step % training.checkpoint_every == 0 and step < plan.total_steps
-        if due or stopping:
+        # SIGTERM or Ctrl-C (spa_recipes.interrupt): a checkpoint at this step, then stop; every process agrees.
+        signalled = step < plan.total_steps and stop_agreed()
+        if due or stopping or signalled:
             save_checkpoint(
                 accelerator,
                 work_dir,
@@ -604,6 +331,9 @@ def run_training_loop(
                 stateful=stateful,
                 keep=training.keep_checkpoints,
             )
+        if signalled:
+            bar.close()
+            raise Interrupted(f"at step {step} of {plan.total_steps}")
         if stopping:
             stopped_early = True
             break
@@ -612,7 +342,7 @@ def run_training_loop(
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if training.gradient_checkpointing:
-        _disable_gradient_checkpointing(unwrapped)
+        disable_gradient_checkpointing(unwrapped)
     return LoopResult(
         model=unwrapped,
         state_dict=final_state,
@@ -624,11 +354,3 @@ def run_training_loop(
         resumed_from=resumed_from,
         stopped_early=stopped_early,
     )
-
-
-def read_metrics(work_dir: Path) -> list[dict[str, Any]]:
-    """The rows of ``work_dir/metrics.jsonl`` (the whole run, across resumes)."""
-    path = work_dir / METRICS
-    if not path.exists():
-        return []
-    return read_jsonl(path)

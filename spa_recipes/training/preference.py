@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from spa_recipes.atomic import atomic_dir, loads_json, write_json_atomic
+from spa_recipes.atomic import loads_json, write_json_atomic
 from spa_recipes.errors import DataError
 from spa_recipes.loss import DPOLoss, extrapolated_sequence_logps
-from spa_recipes.modeling import load_model, load_tokenizer, save_model
+from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.schema import TrainingSection
 from spa_recipes.sequences import (
     collate,
@@ -35,7 +35,8 @@ from spa_recipes.sequences import (
     shift_for_logps,
     takes_logits_to_keep,
 )
-from spa_recipes.training.loop import MicroBatch, make_accelerator, parallelism, read_metrics, run_training_loop
+from spa_recipes.training.loop import MicroBatch, read_metrics, run_training_loop, save_trained
+from spa_recipes.training.optimization import make_accelerator, parallelism
 
 REF_LOGPS_CACHE = "ref_logps.json"
 Encoded = tuple[list[int], list[int]]
@@ -179,7 +180,7 @@ def train_preference(
         seed: seed of data order and RNGs.
         dtype: the recipe's ``models.dtype`` (``auto``: bf16 on a GPU that has it, else fp32): the reference
             loads in it and the trained policy is saved in it; with a 16-bit dtype the policy trains with
-            float32 master weights under mixed precision (:func:`~spa_recipes.training.loop.make_accelerator`).
+            float32 master weights under mixed precision (:func:`~spa_recipes.training.optimization.make_accelerator`).
         ref_logps: reference log-probs by pair id, ``(chosen, rejected)``, computed with the same lengths;
             skips the reference pass. Ignored when DND needs the reference's logits.
         progress: tqdm bar.
@@ -283,7 +284,7 @@ def train_preference(
     # A detector over the whole optimiser batch (batch_quantile) needs every micro-batch's margins before the
     # first one's loss: with gradient accumulation, a no-grad pass over the step's micro-batches computes
     # them (and the reference log-probs) first; the flags then wait here, one entry per micro-batch.
-    per_step = getattr(noise_detector, "scope", "micro_batch") == "optimizer_step"
+    per_step = noise_detector.scope == "optimizer_step"  # the NoiseDetector protocol (spa_recipes.api) declares it
     flagged_ahead: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def begin_step(model: Any, micro_batches: list[list[int]], step: int, total_steps: int) -> None:
@@ -344,10 +345,7 @@ def train_preference(
         begin_step=begin_step,
     )
     ref_model = None  # free the reference before saving
-    if not result.stopped_early and accelerator.is_main_process:
-        with atomic_dir(output_dir) as tmp:
-            save_model(result.model, tokenizer, tmp, result.state_dict, dtype=dtype)
-    accelerator.wait_for_everyone()
+    save_trained(accelerator, result, tokenizer, output_dir, dtype)
     rows = read_metrics(work_dir)
     return {
         "steps": result.steps,

@@ -11,9 +11,8 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from spa_recipes.atomic import atomic_dir
 from spa_recipes.errors import DataError
-from spa_recipes.modeling import load_model, save_model
+from spa_recipes.modeling import load_model
 from spa_recipes.schema import TrainingSection
 from spa_recipes.sequences import (
     collate,
@@ -22,7 +21,8 @@ from spa_recipes.sequences import (
     shift_for_logps,
     takes_logits_to_keep,
 )
-from spa_recipes.training.loop import MicroBatch, make_accelerator, parallelism, run_training_loop
+from spa_recipes.training.loop import MicroBatch, run_training_loop, save_trained
+from spa_recipes.training.optimization import make_accelerator, parallelism
 
 
 def train_sft(
@@ -52,7 +52,7 @@ def train_sft(
         training: optimiser, batching, lengths, checkpoints, non-finite policy.
         seed: seed of data order and RNGs.
         dtype: the recipe's ``models.dtype``: the model is saved in it, and a 16-bit dtype trains with
-            float32 master weights under mixed precision (:func:`~spa_recipes.training.loop.make_accelerator`).
+            float32 master weights under mixed precision (:func:`~spa_recipes.training.optimization.make_accelerator`).
         progress: tqdm bar.
         description: label of the progress lines (the runner passes the stage name).
         stop_after: stop after this many optimiser steps, leaving a checkpoint to resume from.
@@ -105,10 +105,7 @@ def train_sft(
         stop_after=stop_after,
         lengths=[len(ids) for ids, _ in encoded],
     )
-    if not result.stopped_early and accelerator.is_main_process:
-        with atomic_dir(output_dir) as tmp:
-            save_model(result.model, tokenizer, tmp, result.state_dict, dtype=dtype)
-    accelerator.wait_for_everyone()
+    save_trained(accelerator, result, tokenizer, output_dir, dtype)
     result.model.eval()
     losses = [r["loss"] for r in result.history]
     speeds = [r["tokens_per_s"] for r in result.history]

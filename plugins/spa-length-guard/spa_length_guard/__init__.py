@@ -2,6 +2,7 @@
 
 Importing this package is cheap (pydantic only): ``spa-recipe validate`` imports it to read the config
 model. The selector itself lives in :mod:`spa_length_guard.selector`, imported when a run builds it.
+Everything it uses of spa-recipes is the public component API, :mod:`spa_recipes.api` (version 1).
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from spa_length_guard.config import LengthGuardConfig
+from spa_recipes.api import require_api
 
 __all__ = ["LengthGuardConfig", "register"]
+
+API_VERSION = "1"  # the spa_recipes.api version this plugin is written against
 
 
 def register(registry: Any) -> None:
@@ -19,6 +23,7 @@ def register(registry: Any) -> None:
     Args:
         registry: the ``spa_recipes.registry.Registry`` being built.
     """
+    require_api(API_VERSION, "spa-length-guard")
     registry.register(
         "pair_selector",
         "length_guard",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from spa_recipes.api import ComponentConfig
 
 
-class LengthGuardConfig(BaseModel):
+class LengthGuardConfig(ComponentConfig):
     """min_max pair selection with a cap on how much longer (in words) chosen may be than rejected."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     max_length_ratio: float = Field(
         1.5, gt=0.0, description="drop a pair whose chosen has more than this many times the rejected's words"

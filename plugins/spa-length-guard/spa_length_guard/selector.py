@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from spa_length_guard.config import LengthGuardConfig
-from spa_recipes.builtins import PairSelectorConfig
-from spa_recipes.pairs import MinMaxSelector
-
-Row = dict[str, Any]
+from spa_recipes.api import JudgedRow, PairRow, PairSelectorContext, min_max_pairs
 
 
 def word_count(text: str) -> int:
@@ -26,25 +21,25 @@ class LengthGuardSelector:
 
     Args:
         cfg: the validated :class:`LengthGuardConfig`.
+        ctx: the pair selector context (empty: a selector needs nothing but its config).
     """
 
-    def __init__(self, cfg: LengthGuardConfig, **_: Any) -> None:
+    def __init__(self, cfg: LengthGuardConfig, ctx: PairSelectorContext = PairSelectorContext()) -> None:
         self.cfg = cfg
-        # Composition, not inheritance: min_max does the picking, ties and identical texts.
-        self._min_max = MinMaxSelector(PairSelectorConfig(ties=cfg.ties, drop_identical=cfg.drop_identical))
 
-    def select(self, rows: list[Row], seed: int) -> tuple[list[Row], dict[str, int]]:
+    def select(self, rows: list[JudgedRow], seed: int) -> tuple[list[PairRow], dict[str, int]]:
         """Pairs from judged rows, without the ones whose chosen is more than ``max_length_ratio`` x longer.
 
         Args:
             rows: judged rows ``{"id", "prompt", "responses", "scores", "valid"[, "policy_logps"]}``.
-            seed: passed to min_max (which draws nothing at random).
+            seed: unused (min_max draws nothing at random).
 
         Returns:
             ``(pairs, counts)``: min_max's pair rows and counts, with ``counts["pairs"]`` the pairs kept
             and ``counts["dropped_length"]`` the pairs dropped by the guard.
         """
-        pairs, counts = self._min_max.select(rows, seed)
+        # Composition, not inheritance: min_max (spa_recipes.api) does the picking, ties and identical texts.
+        pairs, counts = min_max_pairs(rows, ties=self.cfg.ties, drop_identical=self.cfg.drop_identical)
         ratio = self.cfg.max_length_ratio
         kept = []
         for pair in pairs:

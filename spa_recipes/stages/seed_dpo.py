@@ -1,0 +1,25 @@
+"""seed_dpo: plain sigmoid DPO on the labelled seed set: pi_0 from pi_init, with pi_init as the reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spa_recipes.atomic import read_jsonl
+from spa_recipes.runner.stage import StageContext, StageKind
+from spa_recipes.stages.train import train_on
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    pairs = read_jsonl(ctx.input("pairs"))
+    return train_on(ctx, pairs, ctx.recipe.training.seed)
+
+
+KIND = StageKind(
+    "seed_dpo",
+    run,
+    inputs=("pairs", "policy", "reference"),
+    outputs={"model": "model", "work": "work"},
+    scratch=("work",),
+    reads=("training.seed", "loss", "models.dtype", "run.seed"),
+    collective=True,
+)

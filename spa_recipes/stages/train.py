@@ -1,0 +1,81 @@
+"""train: one SPA iteration's training: pi_i from pi_{i-1}, reference pi_{i-1}, on the self-labelled pairs.
+
+The recipe's noise detector and refiner act on the pairs (lambda as the iteration's). When the loss needs
+no reference logits (no extrapolation), the judge's log pi_{i-1} values are reused as the cached
+reference log-probs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spa_recipes.atomic import read_jsonl
+from spa_recipes.noise import lambda_for_iteration
+from spa_recipes.runner.stage import StageContext, StageKind
+from spa_recipes.training.preference import train_preference
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    recipe = ctx.recipe
+    pairs = read_jsonl(ctx.input("pairs"))
+    lam = lambda_for_iteration(recipe.noise_detector.args, ctx.stage.iteration)
+    return train_on(
+        ctx,
+        pairs,
+        recipe.training.iteration,
+        noise_detector=ctx.build(recipe.noise_detector, "noise_detector"),
+        refiner=ctx.build(recipe.refiner, "refiner"),
+        lam=lam,
+        ref_logps=_judge_logps(pairs),
+    )
+
+
+KIND = StageKind(
+    "train",
+    run,
+    inputs=("pairs", "policy", "reference"),
+    outputs={"model": "model", "work": "work"},
+    scratch=("work",),
+    reads=("training.iteration", "loss", "noise_detector", "refiner", "models.dtype", "run.seed"),
+    per_iteration=("noise_detector.lambda",),
+    collective=True,
+)
+
+
+def train_on(ctx: StageContext, pairs: list[dict[str, Any]], training: Any, **noise: Any) -> dict[str, Any]:
+    """DPO of the ``policy`` input against the ``reference`` input on ``pairs``; the stage's summary.
+
+    Args:
+        noise: ``noise_detector``, ``refiner``, ``lam`` and ``ref_logps`` (none given: plain DPO).
+    """
+    if not noise:  # plain DPO: the detector that flags nothing and the refiner that changes nothing
+        noise = {"noise_detector": _none("noise_detector"), "refiner": _none("refiner"), "lam": 0.0}
+    summary = train_preference(
+        pairs,
+        policy_path=ctx.model("policy"),
+        reference_path=ctx.model("reference"),
+        output_dir=ctx.output("model"),
+        work_dir=ctx.output("work"),
+        training=training,
+        loss=ctx.build(ctx.recipe.loss, "loss"),
+        seed=ctx.seed,
+        dtype=ctx.recipe.models.dtype,
+        description=ctx.stage.name,
+        **noise,
+    )
+    lam = noise.get("lam", 0.0)
+    return {"pairs": len(pairs), "lambda": lam, **{k: v for k, v in summary.items() if not isinstance(v, dict | list)}}
+
+
+def _none(kind: str) -> Any:
+    from spa_recipes.registry import get_registry
+
+    component = get_registry().get(kind, "none")
+    return component.build(component.config())
+
+
+def _judge_logps(pairs: list[dict[str, Any]]) -> dict[str, tuple[float, float]] | None:
+    """log pi_{i-1} of chosen and rejected as the judge computed them (the same model and tokenization)."""
+    if not pairs or "chosen_policy_logp" not in pairs[0]:
+        return None
+    return {p["id"]: (p["chosen_policy_logp"], p["rejected_policy_logp"]) for p in pairs}
