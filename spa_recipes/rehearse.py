@@ -368,14 +368,15 @@ def _substitute_judge(
 
 
 def _usable_rows(recipe: Recipe) -> tuple[int, int, str]:
-    """``(usable rows, skipped rows, a name for the data)`` as the split stage will count them.
+    """``(usable rows, skipped rows, a name for the data)`` as the split stage will count them (before its check of
+    prompt lengths, which needs the policy's tokenizer).
 
     Raises:
         DataError: the data cannot be loaded; for a hub dataset that is not here, with what to give instead.
     """
+    from spa_recipes.data.cleaning import clean_rows
     from spa_recipes.data.files import find_data_file
     from spa_recipes.registry import get_registry
-    from spa_recipes.stages.split import clean_rows
 
     args = recipe.data.args
     path = getattr(args, "path", None)
@@ -392,7 +393,7 @@ def _usable_rows(recipe: Recipe) -> tuple[int, int, str]:
             "schema (the recipe's columns and system prompt are kept): data.path=/path/to/file.parquet "
             "(or .jsonl, .json, or a dataset folder)"
         ) from None
-    kept, skipped = clean_rows(rows)
+    kept, skipped = (cleaned := clean_rows(rows)).rows, cleaned.skipped
     found = find_data_file(path) if isinstance(path, str) else None
     return len(kept), sum(skipped.values()), f"{recipe.data.name} {found or path or ''}".strip()
 

@@ -93,6 +93,12 @@ class SplitSection(Section):
         "per iteration"
     )
     eval_holdout: int | float = Field(200, ge=0, description="evaluation prompts held out (count or fraction)")
+    long_prompts: Literal["skip", "keep"] = Field(
+        "skip",
+        description="rows whose prompt is longer than training.iteration.max_prompt_length tokens (pi_init's "
+        "tokenizer, chat template applied): skip them (counted in split/stats.json), or keep them with the prompt "
+        "cut to its end as the released code does",
+    )
 
 
 class TrainingSection(Section):

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from helpers_tiny import make_tiny_model
 
+from spa_recipes.data.cleaning import clean_rows
 from spa_recipes.data.config import HubPreferencesConfig, PreferenceFileConfig
 from spa_recipes.data.preferences import HubPreferences, PreferenceFile, read_records
 from spa_recipes.errors import DataError, RecipeError
 from spa_recipes.recipe import load_recipe
-from spa_recipes.stages.split import clean_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ def test_conversation_shape_jsonl(tmp_path: Path) -> None:
         "chosen": "good 2",
         "rejected": "bad 2",
     }
-    kept, skipped = clean_rows(rows)
+    kept, skipped = (cleaned := clean_rows(rows)).rows, cleaned.skipped
     assert len(kept) == 6 and not skipped
 
 
@@ -116,7 +116,7 @@ def test_malformed_rows_are_passed_on_and_counted_by_split(tmp_path: Path) -> No
     ]
     rows = _file_source(_write_jsonl(tmp_path / "mixed.jsonl", [*good, *broken])).rows()
     assert len(rows) == len(good) + len(broken)  # nothing dropped, nothing raised
-    kept, skipped = clean_rows(rows)
+    kept, skipped = (cleaned := clean_rows(rows)).rows, cleaned.skipped
     assert [r["chosen"] for r in kept] == ["good 0", "good 1"]
     assert skipped == {
         "not a mapping": 2,
@@ -134,7 +134,7 @@ def test_missing_id_values_are_counted(tmp_path: Path) -> None:
     rows = _file_source(
         path, prompt_column="question", chosen_column="good", rejected_column="bad", id_column="uid"
     ).rows()
-    _, skipped = clean_rows(rows)
+    skipped = clean_rows(rows).skipped
     assert skipped == {"missing id": 1}
 
 
@@ -296,7 +296,8 @@ def test_run_on_a_preference_file(tmp_path: Path) -> None:
         }
         for i in range(40)
     ]
-    data = _write_jsonl(tmp_path / "pairs.jsonl", [*records, "{broken", {"prompt": "w1", "chosen": 1}])
+    too_long = {"prompt": " ".join(words), "chosen": "w1", "rejected": "w2"}  # 40 words: over 16 prompt tokens
+    data = _write_jsonl(tmp_path / "pairs.jsonl", [*records, "{broken", {"prompt": "w1", "chosen": 1}, too_long])
     recipe = tmp_path / "pref.yaml"
     recipe.write_text(
         textwrap.dedent(f"""\
@@ -323,8 +324,15 @@ def test_run_on_a_preference_file(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "runs" / "pref"
     stats = json.loads((run_dir / "split" / "stats.json").read_text())
-    assert stats["rows"] == 42 and stats["usable"] == 40
-    assert stats["skipped"] == {"not a mapping": 1, "chosen/rejected not text": 1}
+    assert stats["rows"] == 43 and stats["usable"] == 40
+    assert stats["skipped"] == {"not a mapping": 1, "chosen/rejected not text": 1, "prompt over 16 tokens": 1}
+    # The first rows of each reason, by id (the row number here), or by position when a row has no id.
+    assert stats["skipped_first_ids"] == {
+        "not a mapping": ["#40"],
+        "chosen/rejected not text": ["41"],
+        "prompt over 16 tokens": ["42"],
+    }
+    assert "split done" in result.stdout and "prompt over 16 tokens 1 (first: 42)" in result.stdout
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert all(entry["status"] == "done" for entry in manifest["stages"].values())
     pairs = [json.loads(line) for line in (run_dir / "iter1_pairs" / "pairs.jsonl").read_text().splitlines()]
@@ -338,3 +346,35 @@ def test_run_on_a_preference_file(tmp_path: Path) -> None:
     before = {s: e["fingerprint"] for s, e in manifest["stages"].items()}
     split_line = next(line for line in again.stdout.splitlines() if line.startswith("split "))
     assert before["split"] not in split_line
+
+
+def test_a_file_with_mostly_unusable_rows_stops_at_the_split(tmp_path: Path) -> None:
+    words = [f"w{i}" for i in range(20)]
+    model = make_tiny_model(tmp_path / "sft", words=words, hidden=16, layers=1, heads=2)
+    good = [{"prompt": f"w{i} w{i + 1}", "chosen": "w1", "rejected": "w2"} for i in range(8)]
+    same = [{"prompt": f"w{i} w{i + 2}", "chosen": "w3", "rejected": "w3"} for i in range(10)]
+    data = _write_jsonl(tmp_path / "pairs.jsonl", [*good, *same, {"prompt": "w9", "chosen": None, "rejected": "w1"}])
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(
+        textwrap.dedent(f"""\
+        run: {{name: bad, output_dir: {tmp_path / "runs"}}}
+        models: {{sft: {model}, dtype: float32}}
+        data: {{name: preference_file, path: {data}}}
+        split: {{seed_size: 2, prompts_per_iteration: 2, eval_holdout: 0}}
+        iterations: 1
+    """)
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "spa_recipes", "run", str(recipe), "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: data 'preference_file': 11 of 19 rows cannot be used (chosen equals rejected 10 ")
+    assert "(first: 8, 9, 10, 11, 12), chosen/rejected not text 1 (first: 18))" in lines[0]
+    assert not (tmp_path / "runs" / "bad" / "split" / ".complete").exists()
+    assert not (tmp_path / "runs" / "bad" / "seed_dpo").exists()

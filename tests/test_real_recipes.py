@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from spa_recipes.data.cleaning import clean_rows
 from spa_recipes.errors import DataError
 from spa_recipes.evaluation import judge_compare
 from spa_recipes.recipe import load_recipe
 from spa_recipes.registry import get_registry
 from spa_recipes.rules.config import RuleGoldConfig, RulePromptsConfig
 from spa_recipes.rules.world import RULES, RulePrompts, gold_score, is_correct, parse_prompt
-from spa_recipes.stages.split import clean_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -31,7 +31,7 @@ def test_rule_prompt_rows_are_distinct_deterministic_and_gold_consistent() -> No
     rows = source.rows()
     assert rows == RulePrompts(RulePromptsConfig(num_prompts=300)).rows()
     assert rows != RulePrompts(RulePromptsConfig(num_prompts=300, world_seed=1)).rows()
-    kept, skipped = clean_rows(rows)
+    kept, skipped = (cleaned := clean_rows(rows)).rows, cleaned.skipped
     assert len(kept) == 300 and not skipped
     for row in rows:
         question, rule = parse_prompt(row["prompt"])

@@ -100,13 +100,15 @@ def test_every_leaf_of_the_tiny_recipe_changes_exactly_the_stages_that_read_it()
     ]
 
 
-def test_max_prompt_length_re_runs_generation_and_evaluation() -> None:
-    """The drift that motivated declarations: generation and evaluation read it, so their fingerprints move."""
-    base, _ = fingerprints([])
-    after, _ = fingerprints(["training.iteration.max_prompt_length=8"])
-    changed = {name for name in base if base[name] != after[name]}
-    assert {"eval_baseline", "eval_seed_dpo", "iter1_generate", "iter1_judge", "iter1_train"} <= changed
-    assert {"split", "sft", "seed_dpo"}.isdisjoint(changed)
+def test_max_prompt_length_is_declared_by_every_stage_that_cuts_prompts() -> None:
+    """The drift that motivated declarations: generation and evaluation cut prompts to it, the split skips longer
+    ones, the judge encodes with it; each declares it, so each re-runs when it changes."""
+    _, stages = fingerprints([])
+    key = "training.iteration.max_prompt_length"
+    expected = {"split", "eval_baseline", "eval_seed_dpo"} | {
+        f"iter{i}_{s}" for i in (1, 2, 3) for s in ("generate", "judge", "train", "eval")
+    }
+    assert readers(stages, key, None) == expected
 
 
 def test_a_per_iteration_value_re_runs_only_its_iteration() -> None:

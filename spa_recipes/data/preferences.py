@@ -13,7 +13,7 @@ Both sources turn each record into the project's pair row ``{"id", "prompt": mes
 
 Malformed records are not dropped here and never raise: each is passed on, normalised as far as it goes,
 with the field that cannot be read set to ``None`` (or left as it was when it is not a mapping), so that the
-split stage (:func:`spa_recipes.stages.split.clean_rows`) counts and skips it under its reason ("not a
+split stage (:func:`spa_recipes.data.cleaning.clean_rows`) counts and skips it under its reason ("not a
 mapping", "missing id", "malformed prompt", "chosen/rejected not text", ...) in ``split/stats.json``. A
 JSONL line that is not valid JSON is passed on as its text ("not a mapping"). Problems that concern the
 whole dataset (a missing file, a column no record has, a dataset that cannot be loaded) are one-line

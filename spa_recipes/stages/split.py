@@ -6,17 +6,20 @@ The only stage besides evaluation that reads preference labels, and it keeps the
 from __future__ import annotations
 
 import random
-from collections import Counter
 from typing import Any
 
 from spa_recipes.atomic import write_json_atomic, write_jsonl_atomic
+from spa_recipes.data.cleaning import check_mostly_usable, clean_rows
 from spa_recipes.errors import DataError
 from spa_recipes.runner.stage import StageContext, StageKind
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     recipe = ctx.recipe
-    rows, skipped = clean_rows(ctx.source.rows())
+    limit = recipe.training.iteration.max_prompt_length if recipe.split.long_prompts == "skip" else None
+    cleaned = clean_rows(ctx.source.rows(), _prompt_tokens(ctx) if limit else None, limit)
+    check_mostly_usable(cleaned, f"data '{recipe.data.name}'")
+    rows, skipped = cleaned.rows, cleaned.skipped
     random.Random(recipe.run.seed).shuffle(rows)
     n = len(rows)
     t = recipe.iterations
@@ -53,6 +56,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "rows": n + sum(skipped.values()),
         "usable": n,
         "skipped": dict(skipped),
+        "skipped_first_ids": cleaned.examples,
         "seed": n_seed,
         "prompts_per_iteration": n_iter,
         "eval": n_eval,
@@ -60,14 +64,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "disjoint": disjoint,
     }
     write_json_atomic(ctx.output("stats"), stats)
-    return {"seed_pairs": n_seed, "prompts": sum(n_iter), "eval_prompts": n_eval, "skipped": sum(skipped.values())}
+    summary = {"seed_pairs": n_seed, "prompts": sum(n_iter), "eval_prompts": n_eval, "skipped": sum(skipped.values())}
+    return {**summary, "skipped_reasons": cleaned.describe()} if skipped else summary
 
 
 KIND = StageKind(
     "split",
     run,
     outputs={"seed": "seed.jsonl", "prompts": "prompts_{index}.jsonl", "eval": "eval.jsonl", "stats": "stats.json"},
-    reads=("data", "split", "iterations", "run.seed"),
+    # models.sft and the prompt limit: prompts longer than the policy's max_prompt_length tokens are skipped.
+    reads=("data", "split", "iterations", "run.seed", "models.sft", "training.iteration.max_prompt_length"),
 )
 
 
@@ -76,45 +82,11 @@ def _count(value: int | float, n: int) -> int:
     return int(value) if value >= 1 else int(value * n)
 
 
-def clean_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """Drop malformed and duplicate-prompt rows, counting each reason; the first copy of a prompt is kept."""
-    kept, skipped, seen_prompts, seen_ids = [], Counter(), set(), set()
-    for row in rows:
-        reason = _problem(row)
-        if reason is None:
-            key = repr(row["prompt"])
-            if key in seen_prompts:
-                reason = "duplicate prompt"
-            elif row["id"] in seen_ids:
-                reason = "duplicate id"
-        if reason:
-            skipped[reason] += 1
-            continue
-        seen_prompts.add(repr(row["prompt"]))
-        seen_ids.add(row["id"])
-        kept.append(row)
-    return kept, skipped
+def _prompt_tokens(ctx: StageContext) -> Any:
+    """A prompt's length in pi_init's tokens, as generation and training encode it (chat template, BOS)."""
+    from spa_recipes.modeling import load_tokenizer
+    from spa_recipes.sequences import encode_prompt
 
-
-def _problem(row: Any) -> str | None:
-    if not isinstance(row, dict):
-        return "not a mapping"
-    if not isinstance(row.get("id"), str) or not row["id"]:
-        return "missing id"
-    prompt = row.get("prompt")
-    if (
-        not isinstance(prompt, list)
-        or not prompt
-        or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in prompt
-        )
-    ):
-        return "malformed prompt"
-    if not any(m["content"].strip() for m in prompt):
-        return "empty prompt"
-    chosen, rejected = row.get("chosen"), row.get("rejected")
-    if not isinstance(chosen, str) or not isinstance(rejected, str):
-        return "chosen/rejected not text"
-    if chosen == rejected:
-        return "chosen equals rejected"
-    return None
+    sft = ctx.recipe.models.sft
+    tokenizer = load_tokenizer(sft) if sft is not None else ctx.source.tokenizer()  # no models.sft: the sft stage's
+    return lambda messages: len(encode_prompt(tokenizer, messages))
