@@ -274,6 +274,26 @@ def status(run_dir: Annotated[Path, typer.Argument(help="a run directory (runs/<
 
 
 @app.command()
+def clean(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (runs/<name>)", show_default=False)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be removed; remove nothing")] = False,
+    force: Annotated[bool, typer.Option("--force", help="take over a lock left by a run on another host")] = False,
+) -> None:
+    """Free disk: finished stages' resume state (checkpoints, shards) and folders of stages the recipe no longer has.
+
+    Models, responses, scores, pairs, evaluations and metrics stay: the report and later stages read them.
+    """
+    with _guard():
+        from spa_recipes.runner.clean import clean_run, human
+
+        found = clean_run(run_dir, dry_run=dry_run, force=force)
+        for item in found:
+            typer.echo(f"{human(item.size):>10}  {item.path}  ({item.why})")
+        verb = "would free" if dry_run else "freed"
+        typer.echo(f"{verb} {human(sum(i.size for i in found))} in {len(found)} paths")
+
+
+@app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="run directories (runs/<name>)", show_default=False)],
     compare: Annotated[bool, typer.Option("--compare", help="put the runs side by side in one report")] = False,

@@ -51,6 +51,11 @@ class RunSection(Section):
     name: str = Field(description="run name; the run directory is <output_dir>/<name>")
     output_dir: str = Field("runs", description="parent folder of run directories")
     seed: int = Field(42, description="seed of the split, sampling and training")
+    keep_checkpoints: bool = Field(
+        False,
+        description="keep each stage's resume state (training checkpoints, generation and judging shards) once the "
+        "stage has finished; by default it is removed then (a 7B model's checkpoint with AdamW state is ~112 GB)",
+    )
 
 
 class ModelsSection(Section):

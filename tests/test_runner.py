@@ -133,6 +133,37 @@ def test_rerun_with_an_override_matches_a_fresh_run_with_it(reference_run: Path,
     assert not all(torch.equal(w, before[k]) for k, w in model_weights(a, "iter1_train").items())
 
 
+def test_resume_state_is_removed_when_a_stage_finishes_unless_kept_and_clean_frees_it(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    # By default a finished stage keeps no checkpoints or shards (SHRUNK checkpoints every 2 steps, 16-row shards).
+    assert not list(reference_run.glob("*/work/checkpoints")) and not list(reference_run.glob("*/shards"))
+    assert (reference_run / "iter2_train" / "work" / "metrics.jsonl").is_file()
+    shutil.copytree(reference_run, tmp_path / "t")
+    run_dir = tmp_path / "t"
+    kept = run_tiny(tmp_path, "noise_detector.lambda=[0.5,0.1]", "run.keep_checkpoints=true")
+    assert kept.returncode == 0, kept.stderr
+    checkpoints = run_dir / "iter2_train" / "work" / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir() if p.name.startswith("step-")]  # kept
+    assert (run_dir / "iter2_eval" / "shards").is_dir()
+    shutil.copytree(run_dir / "iter2_generate", run_dir / "iter3_generate")  # left by a run with more iterations
+
+    dry = spa("clean", str(run_dir), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    listed = [line.split()[2] for line in dry.stdout.splitlines()[:-1]]
+    assert listed == [str(checkpoints), str(run_dir / "iter2_eval" / "shards"), str(run_dir / "iter3_generate")]
+    assert dry.stdout.splitlines()[-1].startswith("would free ") and checkpoints.is_dir()
+    cleaned = spa("clean", str(run_dir))
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert cleaned.stdout.splitlines()[-1].startswith("freed ") and cleaned.stdout.endswith("in 3 paths\n")
+    assert not checkpoints.exists() and not (run_dir / "iter3_generate").exists()
+    assert (run_dir / "iter2_train" / "model" / "model.safetensors").is_file()
+    # What clean left is all a rerun needs: nothing runs again, the report is the same.
+    again = run_tiny(tmp_path, "noise_detector.lambda=[0.5,0.1]", "run.keep_checkpoints=true")
+    assert again.returncode == 0, again.stderr
+    assert started_stages(again.stdout) == []
+
+
 def test_a_damaged_output_reruns_its_stage_and_those_after_it(reference_run: Path, tmp_path: Path) -> None:
     shutil.copytree(reference_run, tmp_path / "t")
     pairs = tmp_path / "t" / "iter2_pairs" / "pairs.jsonl"

@@ -1,7 +1,7 @@
 """Checksums of a finished stage's outputs: recorded in the manifest, checked before the stage is reused.
 
 Every declared output of a stage kind (:class:`spa_recipes.runner.stage.StageKind`) except its scratch
-(shards and training work folders, which only the stage itself reads to resume) is summarised as one
+(shards and training checkpoints, which only the stage itself reads to resume) is summarised as one
 digest per file. A file up to ``FULL_HASH_LIMIT`` bytes is hashed whole (SHA-256); a larger one (model
 weights) by its size, modification time and its first and last MiB, so that checking a 7B model's 15 GB
 costs milliseconds while truncation, replacement or loss is still seen.
@@ -38,15 +38,17 @@ def file_digest(path: Path) -> str:
 def output_files(stage_dir: Path, kind: StageKind) -> list[Path]:
     """The files of a stage's kept outputs, sorted (a per-iteration output: every index)."""
     files: list[Path] = []
-    for name, relative in kind.outputs.items():
-        if name in kind.scratch:
-            continue
-        for path in stage_dir.glob(relative.replace("{index}", "*")):
-            if path.is_dir():
-                files += [p for p in path.rglob("*") if p.is_file() and p.name != MARKER]
-            elif path.is_file():
-                files.append(path)
-    return sorted(files)
+    for name in kind.outputs:
+        if name not in kind.scratch:
+            for path in output_paths(stage_dir, kind, name):
+                files += [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    scratch = [p for name in kind.scratch for p in output_paths(stage_dir, kind, name)]
+    return sorted(p for p in files if p.name != MARKER and not any(p.is_relative_to(s) for s in scratch))
+
+
+def output_paths(stage_dir: Path, kind: StageKind, name: str) -> list[Path]:
+    """The paths of one declared output that exist (a per-iteration output: every index)."""
+    return sorted(stage_dir.glob(kind.outputs[name].replace("{index}", "*")))
 
 
 def checksum_outputs(stage_dir: Path, kind: StageKind) -> dict[str, str]:

@@ -52,6 +52,7 @@ from spa_recipes.interrupt import Interrupted, stop_agreed, stop_on_signals
 from spa_recipes.progress import set_progress
 from spa_recipes.recipe import recipe_to_dict
 from spa_recipes.runner.checksums import checksum_outputs, damage
+from spa_recipes.runner.clean import remove, scratch_paths
 from spa_recipes.runner.graph import build_graph
 from spa_recipes.runner.lock import LOCK_FILE, RunDirLocked
 from spa_recipes.runner.lock import acquire as acquire_lock
@@ -266,10 +267,21 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any], ran: set
         "outputs": checksum_outputs(out, stage.kind),
     }
     write_json_atomic(ctx.run_dir / "manifest.json", manifest)
+    if not ctx.recipe.run.keep_checkpoints:
+        _free_scratch(stage, out)
     for logger in ctx.loggers:
         logger.log_stage(StageInfo(stage.name, stage.kind.name, stage.iteration), seconds, summary)
     shown = ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if not isinstance(v, dict | list))
     _say(f"  {stage.name} done in {seconds:.1f}s{': ' + shown if shown else ''}")
+
+
+def _free_scratch(stage: Stage, out: Path) -> None:
+    """Remove a finished stage's resume state (checkpoints, shards); a failure to remove is only a warning."""
+    for path in scratch_paths(out, stage.kind):
+        try:
+            remove(path)
+        except OSError as exc:
+            log.warning("%s: could not remove %s: %s", stage.name, path, exc)
 
 
 def _intact(stage: Stage, out: Path, entry: dict[str, Any]) -> bool:

@@ -37,8 +37,8 @@ class StageKind:
             its whole subtree (``generation``: every generation argument).
         per_iteration: keys among ``reads`` whose value may be a list with one entry per iteration: the
             fingerprint of iteration i takes entry i only.
-        scratch: outputs only the stage itself reads, to resume (shards, training work folders); not
-            checksummed, and free to remove once the stage has finished.
+        scratch: outputs only the stage itself reads, to resume (shards, training checkpoints): not
+            checksummed, and removed once the stage has finished (unless ``run.keep_checkpoints``).
         collective: every process takes part (generation, judging, training); otherwise main alone runs it.
     """
 

@@ -15,6 +15,7 @@ from spa_recipes.atomic import read_jsonl
 from spa_recipes.errors import PluginError
 from spa_recipes.registry import get_registry
 from spa_recipes.runner.stage import StageContext, StageKind
+from spa_recipes.stages.train import TRAINING_OUTPUTS
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -39,8 +40,8 @@ KIND = StageKind(
     "judge_train",
     run,
     inputs=("pairs", "base"),
-    outputs={"model": "model", "work": "work"},
-    scratch=("work",),
+    outputs=TRAINING_OUTPUTS,
+    scratch=("checkpoints",),
     reads=("judge", "models.dtype", "training.iteration", "run.seed"),
     collective=True,
 )

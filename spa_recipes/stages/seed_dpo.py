@@ -6,7 +6,7 @@ from typing import Any
 
 from spa_recipes.atomic import read_jsonl
 from spa_recipes.runner.stage import StageContext, StageKind
-from spa_recipes.stages.train import train_on
+from spa_recipes.stages.train import TRAINING_OUTPUTS, train_on
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -18,8 +18,8 @@ KIND = StageKind(
     "seed_dpo",
     run,
     inputs=("pairs", "policy", "reference"),
-    outputs={"model": "model", "work": "work"},
-    scratch=("work",),
+    outputs=TRAINING_OUTPUTS,
+    scratch=("checkpoints",),
     reads=("training.seed", "loss", "models.dtype", "run.seed"),
     collective=True,
 )

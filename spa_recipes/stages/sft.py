@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from spa_recipes.runner.stage import StageContext, StageKind
+from spa_recipes.stages.train import TRAINING_OUTPUTS
 from spa_recipes.training.sft import train_sft
 
 
@@ -31,8 +32,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 KIND = StageKind(
     "sft",
     run,
-    outputs={"model": "model", "work": "work"},
-    scratch=("work",),
+    outputs=TRAINING_OUTPUTS,
+    scratch=("checkpoints",),
     reads=("data", "models.base", "models.dtype", "training.sft", "run.seed"),
     collective=True,
 )

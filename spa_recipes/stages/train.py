@@ -12,7 +12,12 @@ from typing import Any
 from spa_recipes.atomic import read_jsonl
 from spa_recipes.noise import lambda_for_iteration
 from spa_recipes.runner.stage import StageContext, StageKind
+from spa_recipes.training.checkpoints import CHECKPOINTS
 from spa_recipes.training.preference import train_preference
+
+# What every training stage writes: the model, its work folder (per-step metrics.jsonl) and its checkpoints in it
+# (the resume state, removed when the stage has finished).
+TRAINING_OUTPUTS = {"model": "model", "work": "work", "checkpoints": f"work/{CHECKPOINTS}"}
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -34,8 +39,8 @@ KIND = StageKind(
     "train",
     run,
     inputs=("pairs", "policy", "reference"),
-    outputs={"model": "model", "work": "work"},
-    scratch=("work",),
+    outputs=TRAINING_OUTPUTS,
+    scratch=("checkpoints",),
     reads=("training.iteration", "loss", "noise_detector", "refiner", "models.dtype", "run.seed"),
     per_iteration=("noise_detector.lambda",),
     collective=True,
