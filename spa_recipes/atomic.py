@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from spa_recipes.errors import UserError
-from spa_recipes.faults import disk_full_point
+from spa_recipes.faults import disk_full_point, fault_point
 
 MARKER = ".complete"
 NONFINITE_NOTE = "_nonfinite"
@@ -215,7 +215,7 @@ def atomic_dir(path: str | os.PathLike[str], what: str | None = None) -> Iterato
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str, what: str | None = None) -> None:
-    """Write a file under a temporary name, fsync it, and rename it into place.
+    """Write a file under a temporary name, fsync it, and rename it into place (then :func:`fault_point`).
 
     Raises:
         WriteError: the disk is full, over quota or read-only (the temporary file is removed).
@@ -237,6 +237,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, what: str | None 
         if error is None:
             raise
         raise error from exc
+    fault_point(final)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, what: str | None = None) -> None:

@@ -1,9 +1,9 @@
 """Fault injection for the resume tests: kill this process with SIGKILL right after an artifact is written.
 
-Set ``SPA_RECIPES_KILL_AT`` to the end of an artifact's path (for example
-``iter1_generate/shards/shard-00001.jsonl`` or ``iter1_train/work/checkpoints/step-4``); when the process
-has just written that artifact it sends itself SIGKILL, exactly as an out-of-memory killer or a pre-empted
-node would. Unset, each call is one environment lookup.
+Set ``SPA_RECIPES_KILL_AT`` to the end of an artifact's path (any file written by :mod:`spa_recipes.atomic`, for
+example ``iter1_generate/shards/shard-00001.jsonl`` or ``split/seed.jsonl``, or a training checkpoint,
+``iter1_train/work/checkpoints/step-4``); when the process has just written that artifact it sends itself
+SIGKILL, exactly as an out-of-memory killer or a pre-empted node would. Unset, each call is one environment lookup.
 
 Set ``SPA_RECIPES_PAUSE_AT`` the same way to make the process sleep :data:`PAUSE_S` seconds after writing that
 artifact (signals are handled meanwhile): a fixed moment for the tests of SIGTERM and Ctrl-C to signal it.

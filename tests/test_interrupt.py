@@ -208,3 +208,34 @@ def test_the_same_stop_delivered_twice_at_once_is_one_request() -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # within REPEAT_WINDOW_S of the first
         time.sleep(0.01)
         raise_if_stop_requested("at step 1 of 2")
+
+
+def test_sigterm_in_every_other_stage_kind_then_resume(reference_run: Path, tmp_path: Path) -> None:
+    """split, sft, the baseline's and a model's evaluation, pairs and the report, each signalled once (seed DPO is
+    one step here, which a signal cannot cut: training is stopped midway in sft and above in iter1_train)."""
+    run_dir = tmp_path / "t"
+
+    def wrote(artifact: str) -> Callable[[], bool]:
+        return (run_dir / artifact).exists
+
+    def stepped(stage: str) -> Callable[[], bool]:
+        return lambda: metrics_rows(run_dir / stage / "work" / "metrics.jsonl") >= 1
+
+    cases = [  # (ready, pause after this artifact, the line expected)
+        (wrote("split/seed.jsonl"), "split/seed.jsonl", r"stopped before sft"),
+        (stepped("sft"), None, r"stopped in sft at step \d+ of \d+"),
+        (wrote("eval_baseline/shards/shard-00000.jsonl"), "eval_baseline/shards/shard-00000.jsonl",
+         r"stopped in eval_baseline after shard 1 of 2"),
+        (wrote("eval_seed_dpo/shards/shard-00000.jsonl"), "eval_seed_dpo/shards/shard-00000.jsonl",
+         r"stopped in eval_seed_dpo after shard 1 of 2"),
+        (wrote("iter1_pairs/pairs.jsonl"), "iter1_pairs/pairs.jsonl", r"stopped before iter1_train"),
+    ]  # fmt: skip
+    for ready, pause_at, expected in cases:
+        code, stdout, stderr = signalled_run(run_dir, ready, signal.SIGTERM, pause_at=pause_at)
+        assert code == EXIT_CODE, (expected, stdout[-2000:], stderr[-2000:])
+        [line] = stopped_lines(stdout)
+        assert re.fullmatch(rf"{expected} \(SIGTERM\); {CONTINUE}", line), line
+    # In the last stage the signal stops nothing: the report finishes, and so does the run.
+    code, stdout, stderr = signalled_run(run_dir, wrote("results.json"), signal.SIGTERM, pause_at="results.json")
+    assert code == 0 and stopped_lines(stdout) == [], (stdout[-2000:], stderr[-2000:])
+    assert_same_as(reference_run, run_dir)

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 from spa_recipes.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from spa_recipes.distributed import barrier, broadcast, is_main_process, rank, world_size
-from spa_recipes.faults import fault_point
 from spa_recipes.interrupt import raise_if_stop_requested
 from spa_recipes.progress import progress_bar
 
@@ -79,8 +78,7 @@ def run_sharded(
                 rows.extend(read_jsonl(path))
                 continue
             chunk = list(items[start : start + shard_size])
-            write_jsonl_atomic(path, fn(index, chunk))
-            fault_point(path)
+            write_jsonl_atomic(path, fn(index, chunk))  # the fault point of the resume tests is in there
             # Read back, so a fresh run returns exactly what a resumed one would (JSON types, key order).
             rows.extend(read_jsonl(path))
             bar.update(len(chunk))
@@ -119,8 +117,7 @@ def _run_sharded_distributed(
         for index in mine:
             path = shard_path(out, index)
             start = starts[index]
-            write_jsonl_atomic(path, fn(index, list(items[start : start + shard_size])))
-            fault_point(path)
+            write_jsonl_atomic(path, fn(index, list(items[start : start + shard_size])))  # (and its fault point)
             bar.update(sizes[index])
             if index != mine[-1]:  # no collective: each process stops at its own shard (the launcher ends the rest)
                 raise_if_stop_requested(f"after shard {index + 1} of {len(starts)}")
