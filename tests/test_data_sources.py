@@ -278,6 +278,17 @@ def test_relative_path_is_found_under_shipped_recipes(tmp_path: Path, monkeypatc
     assert PreferenceFile(PreferenceFileConfig(path="data/pairs.jsonl")).path == local  # the working directory first
 
 
+def run_recipe(recipe: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spa_recipes", "run", str(recipe), "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
 def test_run_on_a_preference_file(tmp_path: Path) -> None:
     """`spa-recipe run` end to end: seed DPO and one SPA iteration of a tiny model on a local JSONL file."""
     words = [f"w{i}" for i in range(40)]
@@ -313,14 +324,7 @@ def test_run_on_a_preference_file(tmp_path: Path) -> None:
         iterations: 1
     """)
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "spa_recipes", "run", str(recipe), "--no-progress"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    result = run_recipe(recipe)
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "runs" / "pref"
     stats = json.loads((run_dir / "split" / "stats.json").read_text())
@@ -356,21 +360,11 @@ def test_a_file_with_mostly_unusable_rows_stops_at_the_split(tmp_path: Path) -> 
     data = _write_jsonl(tmp_path / "pairs.jsonl", [*good, *same, {"prompt": "w9", "chosen": None, "rejected": "w1"}])
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(
-        textwrap.dedent(f"""\
-        run: {{name: bad, output_dir: {tmp_path / "runs"}}}
-        models: {{sft: {model}, dtype: float32}}
-        data: {{name: preference_file, path: {data}}}
-        split: {{seed_size: 2, prompts_per_iteration: 2, eval_holdout: 0}}
-        iterations: 1
-    """)
+        f"run: {{name: bad, output_dir: {tmp_path / 'runs'}}}\nmodels: {{sft: {model}, dtype: float32}}\n"
+        f"data: {{name: preference_file, path: {data}}}\niterations: 1\n"
+        "split: {seed_size: 2, prompts_per_iteration: 2, eval_holdout: 0}\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "spa_recipes", "run", str(recipe), "--no-progress"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    result = run_recipe(recipe)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
