@@ -18,6 +18,9 @@ Scaled: the split, by one factor for all its sets, to the smallest that gives ev
 ``MIN_STEPS`` optimiser steps per epoch; and ``generation.max_new_tokens`` (a random model writes to the
 limit, so it sets the time of every stage). The run goes to ``<output_dir>/<run.name>-rehearsal``, never
 the real run's directory; the tiny models and the plan lie in its ``rehearsal/`` folder.
+
+Over 400 lines on purpose: the plan (what is kept, substituted and scaled) and its verdict read as one story;
+the model shrinking lives apart, in :mod:`spa_recipes.tiny_models`.
 """
 
 from __future__ import annotations

@@ -130,6 +130,8 @@ def test_a_stage_cannot_read_an_undeclared_value() -> None:
         view.judge.args.batch_size  # noqa: B018
     with pytest.raises(UndeclaredRead, match="'run'"):
         view.run.seed  # noqa: B018
+    lam = StageKind("probe", lambda ctx: {}, reads=("noise_detector.lambda",))  # the key, not the attribute lambda_
+    assert RecipeView(recipe, lam).noise_detector.args.lambda_ == recipe.noise_detector.args.lambda_
 
 
 def test_the_graph_wires_only_declared_inputs_and_outputs() -> None:

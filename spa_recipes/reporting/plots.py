@@ -1,7 +1,8 @@
 """PNG plots of one run, and of several runs overlaid.
 
 matplotlib is imported only here and only when a plot is drawn. Figures are drawn on an Agg canvas
-directly (no pyplot): no global backend is switched and nothing needs a display.
+directly (no pyplot): no global backend is switched and nothing needs a display. One module over 400 lines on
+purpose: every figure of the report beside the few drawing helpers they share, and nothing else.
 """
 
 from __future__ import annotations

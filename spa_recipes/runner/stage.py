@@ -130,7 +130,9 @@ class RecipeView:
         value = getattr(self._value, attr)
         if isinstance(self._value, ComponentSpec) and attr == "args":
             return RecipeView(value, self._kind, self._key)
-        key = f"{self._key}.{attr}" if self._key else attr
+        field = type(self._value).model_fields.get(attr) if isinstance(self._value, BaseModel) else None
+        name = field.alias if field is not None and field.alias else attr  # lambda_ is the key lambda
+        key = f"{self._key}.{name}" if self._key else name
         if any(_covers(declared, key) for declared in self._kind.reads):
             return value
         if any(declared.startswith(key + ".") for declared in self._kind.reads):

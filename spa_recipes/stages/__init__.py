@@ -1,1 +1,2 @@
-"""One module per stage kind; each has ``run(ctx, stage, out_dir) -> summary dict`` (see spa_recipes.runner.run)."""
+"""One module per stage kind; each declares ``KIND = StageKind(...)`` with its ``run(ctx) -> summary`` (see
+:mod:`spa_recipes.runner.stage`), and :mod:`spa_recipes.runner.graph` places it."""
