@@ -94,8 +94,9 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("two")
-    # Gradient checkpointing under DDP on the way: it changes memory, not the numbers.
-    result = launch(2, out, *HALF_BATCH, *CHECKPOINTING)
+    # Gradient checkpointing under DDP on the way: it changes memory, not the numbers. The shards are kept to be
+    # looked at (a finished stage's resume state is removed otherwise).
+    result = launch(2, out, *HALF_BATCH, *CHECKPOINTING, "run.keep_checkpoints=true")
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "t", result
 
@@ -243,7 +244,7 @@ def test_fsdp_in_bf16_trains_float32_master_weights_and_saves_bf16(tmp_path: Pat
     """The paper's full setting on FSDP2: bf16, checkpointing, DND, and the bottom K% of each optimiser batch of
     2 processes x 4 pairs x 2 accumulation steps (flagged ahead of the step by a no-grad pass on both ranks)."""
     shrunk = [o for o in SHRUNK if not o.startswith(("iterations", "noise_detector", "training.iteration.batch"))]
-    shrunk += ["iterations=1", "models.dtype=bfloat16", *CHECKPOINTING]
+    shrunk += ["iterations=1", "models.dtype=bfloat16", *CHECKPOINTING, "run.keep_checkpoints=true"]
     shrunk += ["noise_detector.name=batch_quantile", "noise_detector.k=0.25", "noise_detector.lambda=[0.5]"]
     shrunk += ["training.iteration.batch_size=4", "training.iteration.gradient_accumulation_steps=2"]
     result = launch_fsdp(tmp_path, *shrunk)
