@@ -9,6 +9,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 from helpers_tiny import make_tiny_model, push_eos
 
@@ -26,3 +28,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         paths[name] = make_tiny_model(root / name, seed=3)
         push_eos(paths[name], logit)
     return {name: str(path) for name, path in paths.items()}
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shrunk tiny recipe (test_runner.SHRUNK) run once, never interrupted: what resumed runs must equal."""
+    from test_runner import run_tiny
+
+    out = tmp_path_factory.mktemp("reference")
+    result = run_tiny(out)
+    assert result.returncode == 0, result.stderr
+    return out / "t"

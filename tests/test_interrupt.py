@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runner import ROOT, SHRUNK, TINY, model_weights, reference_run, run_tiny, spa, started_stages
+from test_runner import ROOT, SHRUNK, TINY, model_weights, run_tiny, spa, started_stages
 
 from spa_recipes.faults import PAUSE_ENV
 from spa_recipes.interrupt import EXIT_CODE
 
-__all__ = ["reference_run"]  # the module fixture of test_runner, run once more for this module
 ITERATIONS = [f"iter{i}_{s}" for i in (1, 2) for s in ("generate", "judge", "pairs", "train", "eval")]
 CONTINUE = "run the same command to continue"
 

@@ -62,14 +62,6 @@ def model_weights(run_dir: Path, stage: str) -> dict:
     return load_file(run_dir / stage / "model" / "model.safetensors")
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("reference")
-    result = run_tiny(out)
-    assert result.returncode == 0, result.stderr
-    return out / "t"
-
-
 def test_run_directory_layout_and_results(reference_run: Path) -> None:
     run_dir = reference_run
     for name in ("recipe.yaml", "manifest.json", "metrics.jsonl", "run.log", "results.json", "report.md"):

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 from test_interrupt import assert_same_as
-from test_runner import ROOT, SHRUNK, TINY, reference_run
+from test_runner import ROOT, SHRUNK, TINY
 
-__all__ = ["reference_run"]  # the uninterrupted run, from test_runner's module fixture
 INTERRUPTIONS = 20
 
 

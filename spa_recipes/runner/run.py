@@ -256,7 +256,7 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any], ran: set
     if not main:
         return
     seconds = round(time.time() - started, 2)
-    (out / MARKER).write_text("")
+    write_text_atomic(out / MARKER, "", f"{stage.name}'s completion marker")
     manifest["stages"][stage.name] = {
         **_identity(stage),
         "status": "done",
