@@ -20,6 +20,7 @@ component written against this module raises :data:`API_VERSION`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypedDict
@@ -30,8 +31,8 @@ from typing_extensions import NotRequired
 API_VERSION = "1"
 
 # fmt: off
-KINDS = ("model", "dataset", "generator", "judge", "pair_selector", "noise_detector", "refiner", "loss", "evaluator",
-         "logger")
+KINDS = ("model", "dataset", "generator", "judge", "score_transform", "pair_selector", "data_mixer", "noise_detector",
+         "refiner", "loss", "evaluator", "logger")
 # fmt: on
 
 
@@ -48,17 +49,32 @@ class ComponentConfig(BaseModel):
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
+    def offered_capabilities(self) -> frozenset[str]:
+        """What this configured component offers: ``capabilities``, less any its settings turn off.
+
+        ``capabilities`` says what the component can offer (``spa-recipe explain`` shows it); a config whose
+        offer depends on its settings (a preference file offers demonstrations only when it names their
+        column) overrides this, and :func:`offers` asks it of an instance.
+        """
+        return self.capabilities
+
 
 # Capabilities -----------------------------------------------------------------------------------------
 
 DEMONSTRATIONS = "demonstrations"
+PROMPT_DEMONSTRATIONS = "prompt_demonstrations"
 TRAIN_ON_SEED = "train_on_seed"
 STATS = "stats"
 POLICY_LOGPS = "policy_logps"
 EXTRAPOLATION = "extrapolation"
+PER_PAIR = "per_pair"
 
 CAPABILITIES: dict[str, dict[str, str]] = {
-    "dataset": {DEMONSTRATIONS: "tokenizer() and demonstrations() for an sft stage (DemonstrationDataset)"},
+    "dataset": {
+        DEMONSTRATIONS: "tokenizer() and demonstrations() for an sft stage (DemonstrationDataset)",
+        PROMPT_DEMONSTRATIONS: "rows() carry a `demonstration` string, an answer to the row's prompt, which the "
+        "split keeps on the iteration prompt rows (for selectors that need one, e.g. SPIN's `demonstration`)",
+    },
     "judge": {
         TRAIN_ON_SEED: "the builder offers train_on_seed(cfg, pairs, *, base_path, output_dir, seed, dtype, "
         "max_length) -> summary, run by the judge_train stage when the config sets train_on_seed: true",
@@ -66,6 +82,10 @@ CAPABILITIES: dict[str, dict[str, str]] = {
         POLICY_LOGPS: "judged rows carry `policy_logps` (K summed log-probs of the policy judged with)",
     },
     "evaluator": {STATS: "the evaluator has a dict `stats` summarising its last score()"},
+    "refiner": {
+        PER_PAIR: "refine() also takes `ids`, the micro-batch's pair ids; the refiner reads the stage's pairs "
+        "(e.g. their consistency) from its context's `pairs`",
+    },
     "noise_detector": {
         EXTRAPOLATION: "the config has `lambda_`: the DND extrapolation strength, one value or one per iteration",
     },
@@ -76,12 +96,16 @@ CAPABILITIES: dict[str, dict[str, str]] = {
 def offers(config: ComponentConfig | type[ComponentConfig], capability: str) -> bool:
     """Whether the component of ``config`` (an instance or the class) declares ``capability``.
 
+    An instance is asked :meth:`ComponentConfig.offered_capabilities` (its settings may turn one off); a class
+    answers with what it can offer.
+
     Raises:
         ValueError: ``capability`` is no known capability (a typo would otherwise read as "no").
     """
     if not any(capability in known for known in CAPABILITIES.values()):
         raise ValueError(f"unknown capability {capability!r}")
-    return capability in getattr(config, "capabilities", frozenset())
+    offered = None if isinstance(config, type) else getattr(config, "offered_capabilities", None)
+    return capability in (offered() if callable(offered) else getattr(config, "capabilities", frozenset()))
 
 
 # Row shapes ---------------------------------------------------------------------------------------------
@@ -99,6 +123,7 @@ class PromptRow(TypedDict):
 
     id: str
     prompt: list[Message]
+    demonstration: NotRequired[str]  # iteration prompts of a data source offering PROMPT_DEMONSTRATIONS
 
 
 class PreferenceRow(PromptRow):
@@ -129,6 +154,7 @@ class JudgedRow(GeneratedRow):
     scores: list[float]  # higher is better; only differences within a row mean anything
     valid: list[bool]  # False: not judged (never turned into a preference)
     policy_logps: NotRequired[list[float]]  # judges that offer POLICY_LOGPS
+    previous_scores: NotRequired[list[float] | None]  # the implicit judge's previous_scores (CREAM)
 
 
 class PairRow(TypedDict):
@@ -144,6 +170,10 @@ class PairRow(TypedDict):
     rejected_index: int
     chosen_policy_logp: NotRequired[float]  # when the judged rows carry policy_logps
     rejected_policy_logp: NotRequired[float]
+    chosen_finished: NotRequired[bool]  # when the judged rows carry finished
+    rejected_finished: NotRequired[bool]
+    consistency: NotRequired[float]  # when they carry previous_scores: agreement of the two rankings, in [0, 1]
+    source: NotRequired[str]  # set by a data mixer on pairs it replays (e.g. "seed", "iteration 1")
 
 
 # Contexts: what the framework passes a builder, one frozen dataclass per kind -------------------------
@@ -211,8 +241,18 @@ class EvaluatorContext:
 
 
 @dataclass(frozen=True)
+class ScoreTransformContext:
+    """Building a score transform: nothing but the config."""
+
+
+@dataclass(frozen=True)
 class PairSelectorContext:
     """Building a pair selector: nothing but the config."""
+
+
+@dataclass(frozen=True)
+class DataMixerContext:
+    """Building a data mixer: nothing but the config."""
 
 
 @dataclass(frozen=True)
@@ -222,7 +262,9 @@ class NoiseDetectorContext:
 
 @dataclass(frozen=True)
 class RefinerContext:
-    """Building a refiner: nothing but the config."""
+    """Building a refiner: ``pairs``, the training stage's pairs in order (read by refiners that offer PER_PAIR)."""
+
+    pairs: tuple[PairRow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -242,7 +284,9 @@ CONTEXTS: dict[str, type] = {
     "dataset": DatasetContext,
     "generator": GeneratorContext,
     "judge": JudgeContext,
+    "score_transform": ScoreTransformContext,
     "pair_selector": PairSelectorContext,
+    "data_mixer": DataMixerContext,
     "noise_detector": NoiseDetectorContext,
     "refiner": RefinerContext,
     "loss": LossContext,
@@ -328,6 +372,30 @@ class PairSelector(Protocol):
     def select(self, rows: list[JudgedRow], seed: int) -> tuple[list[PairRow], dict[str, int]]: ...
 
 
+class ScoreTransform(Protocol):
+    """A score transform (kind ``score_transform``): judged rows with new ``scores``, and a summary of what it did.
+
+    ``select`` is the recipe's pair selection (rows -> pairs), for transforms that tune themselves on its outcome
+    (e.g. DICE's alpha, chosen so that chosen and rejected responses are as long on average).
+    """
+
+    def transform(
+        self, rows: list[JudgedRow], select: Callable[[list[JudgedRow]], list[PairRow]]
+    ) -> tuple[list[JudgedRow], dict[str, Any]]: ...
+
+
+class DataMixer(Protocol):
+    """A data mixer (kind ``data_mixer``): an iteration's training pairs from its own pairs and a pool to replay.
+
+    ``pool``: the pairs it may replay (the labelled seed set, or an earlier iteration's pairs; empty when there is
+    none); ``seed``: seeds its random draws (with the iteration). Returns ``(pairs, counts)``.
+    """
+
+    def mix(
+        self, pairs: list[PairRow], pool: list[PairRow], *, seed: int, iteration: int
+    ) -> tuple[list[PairRow], dict[str, int]]: ...
+
+
 class NoiseDetector(Protocol):
     """A noise detector (kind ``noise_detector``); margins and flags are torch tensors.
 
@@ -349,7 +417,10 @@ class NoiseDetector(Protocol):
 
 
 class Refiner(Protocol):
-    """A refiner (kind ``refiner``): ``(label smoothing, loss weight)`` per pair, tensors shaped like ``flags``."""
+    """A refiner (kind ``refiner``): ``(label smoothing, loss weight)`` per pair, tensors shaped like ``flags``.
+
+    One that offers :data:`PER_PAIR` is also given ``ids=`` (the micro-batch's pair ids, in ``flags``' order).
+    """
 
     def refine(self, flags: Any, step: int, total_steps: int) -> tuple[Any, Any]: ...
 

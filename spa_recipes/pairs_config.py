@@ -10,10 +10,21 @@ from spa_recipes.api import ComponentConfig
 
 
 class PairSelectorConfig(ComponentConfig):
-    """How judged rows become pairs: ties and identical texts."""
+    """How judged rows become pairs: ties, identical texts and truncated responses."""
 
     ties: Literal["keep", "drop"] = Field("keep", description="pairs whose scores are equal")
     drop_identical: bool = Field(True, description="drop pairs whose two responses are the same text")
+    drop_truncated: bool = Field(
+        False,
+        description="leave out responses that did not end with EOS (cut at max_new_tokens) before choosing, as DICE "
+        "does: a judge that rewards length otherwise learns to prefer responses that never finish",
+    )
+
+
+class DemonstrationSelectorConfig(ComponentConfig):
+    """SPIN's pairs: chosen = the prompt's demonstration, rejected = the model's sample (scores unused)."""
+
+    drop_identical: bool = Field(True, description="drop pairs whose sample is the demonstration's text")
 
 
 def register(registry: Any) -> None:
@@ -31,4 +42,11 @@ def register(registry: Any) -> None:
         config=PairSelectorConfig,
         builder="spa_recipes.pairs:MaxRandomSelector",
         help="chosen = highest score, rejected = a random other response",
+    )
+    registry.register(
+        "pair_selector",
+        "demonstration",
+        config=DemonstrationSelectorConfig,
+        builder="spa_recipes.pairs:DemonstrationSelector",
+        help="SPIN: chosen = the prompt's demonstration, rejected = the model's sample (use judge: none)",
     )

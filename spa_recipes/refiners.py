@@ -12,7 +12,12 @@ from __future__ import annotations
 import torch
 
 from spa_recipes.api import RefinerContext
-from spa_recipes.refiners_config import DropRefinerConfig, LabelSmoothingConfig, NoRefinerConfig
+from spa_recipes.refiners_config import (
+    ConsistencyRefinerConfig,
+    DropRefinerConfig,
+    LabelSmoothingConfig,
+    NoRefinerConfig,
+)
 
 
 def _unrefined(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,4 +82,35 @@ class DropRefiner:
         smoothing, weights = _unrefined(flags)
         if not _in_warmup(step, total_steps, self.warmup_fraction):
             weights = (~flags).float()
+        return smoothing, weights
+
+
+class ConsistencyRefiner:
+    """CREAM's consistency regularisation: ``s = 1 - C`` on every pair, flagged or not, from the first step.
+
+    With ``s = 1 - C`` the loss is ``C * DPO(y+, y-) + (1 - C) * DPO(y-, y+)``. ``C`` is the pair's ``consistency``
+    (:func:`spa_recipes.pairs.ranking_consistency`, set when the judge returns ``previous_scores``); a pair
+    without one (no previous model to compare with, or a replayed pair) counts as fully consistent (C = 1).
+    With ``average: dataset`` every pair that has a C gets the mean C of those pairs.
+
+    Args:
+        cfg: a :class:`~spa_recipes.refiners_config.ConsistencyRefinerConfig`.
+        ctx: ``pairs``, the stage's training pairs.
+    """
+
+    def __init__(self, cfg: ConsistencyRefinerConfig, ctx: RefinerContext = RefinerContext()) -> None:
+        measured = {str(p["id"]): float(p["consistency"]) for p in ctx.pairs if "consistency" in p}
+        if cfg.average == "dataset" and measured:
+            mean = sum(measured.values()) / len(measured)
+            measured = dict.fromkeys(measured, mean)
+        self.smoothing = {str(p["id"]): 1.0 - measured.get(str(p["id"]), 1.0) for p in ctx.pairs}
+
+    def refine(
+        self, flags: torch.Tensor, step: int, total_steps: int, ids: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1 - C, weight 1)`` per pair of the micro-batch ``ids``."""
+        if ids is None:
+            raise ValueError("the consistency refiner needs the micro-batch's pair ids (it offers per_pair)")
+        _, weights = _unrefined(flags)
+        smoothing = torch.tensor([self.smoothing[str(i)] for i in ids], dtype=torch.float32, device=flags.device)
         return smoothing, weights

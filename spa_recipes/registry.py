@@ -44,10 +44,12 @@ BUILTIN_ENTRY_POINTS = (
     "judges",
     "loggers",
     "loss",
+    "mixers",
     "noise",
     "pairs",
     "refiners",
     "rules",
+    "score_transforms",
     "toyworld",
 )
 

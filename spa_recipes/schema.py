@@ -197,7 +197,13 @@ class Recipe(Section):
     split: SplitSection
     generation: ComponentSpec = component("hf", "sampling of K responses per prompt (kind: generator)")
     judge: ComponentSpec = component("implicit", "scores each iteration's responses (kind: judge)")
+    score_transform: ComponentSpec = component(
+        "none", "judge scores -> the scores pairs are chosen by, e.g. length-regularised (kind: score_transform)"
+    )
     pair_selector: ComponentSpec = component("min_max", "judged responses -> chosen/rejected (kind: pair_selector)")
+    data_mixer: ComponentSpec = component(
+        "none", "an iteration's pairs + replayed pairs -> its training pairs (kind: data_mixer)"
+    )
     noise_detector: ComponentSpec = component("none", "flags pairs that look mislabelled (kind: noise_detector)")
     refiner: ComponentSpec = component("none", "what happens to flagged pairs (kind: refiner)")
     loss: ComponentSpec = component("dpo", "the preference loss (kind: loss)")
@@ -213,7 +219,9 @@ COMPONENT_SECTIONS: dict[str, str] = {
     "data": "dataset",
     "generation": "generator",
     "judge": "judge",
+    "score_transform": "score_transform",
     "pair_selector": "pair_selector",
+    "data_mixer": "data_mixer",
     "noise_detector": "noise_detector",
     "refiner": "refiner",
     "loss": "loss",

@@ -104,6 +104,22 @@ def test_implicit_judge_previous_and_none_references(tiny_models: dict[str, str]
     assert_scores(rows, [[0.2 * p for p in ps] for ps in policy])
 
 
+def test_implicit_judge_previous_scores_for_cream(tiny_models: dict[str, str], tmp_path: Path) -> None:
+    """The model before the policy scores against the same reference; none where it is the reference itself."""
+    policy, previous, sft = (direct_logps(tiny_models[k], ROWS) for k in ("a", "c", "b"))
+    rows = make_judge(tiny_models, beta=0.1, previous_scores=True).score(ROWS, out_dir=tmp_path / "shards")
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["policy", "previous", "reference"]
+    assert_scores(
+        rows, [[0.1 * (p - s) for p, s in zip(ps, ss, strict=True)] for ps, ss in zip(policy, sft, strict=True)]
+    )
+    for row, qs, ss in zip(rows, previous, sft, strict=True):
+        assert row["previous_scores"] == pytest.approx([0.1 * (q - s) for q, s in zip(qs, ss, strict=True)], abs=1e-4)
+    # Iteration 1: the model before the policy is the SFT model, the reference: its rewards would all be 0.
+    rows = make_judge(tiny_models, previous=None, beta=0.1, previous_scores=True).score(ROWS)
+    assert all(row["previous_scores"] is None for row in rows)
+    assert "previous_scores" not in make_judge(tiny_models, beta=0.1).score(ROWS)[0]
+
+
 def test_implicit_judge_length_normalize(tiny_models: dict[str, str]) -> None:
     policy, sft = direct_logps(tiny_models["a"], ROWS), direct_logps(tiny_models["b"], ROWS)
     lengths = [[len(r.split()) + 1 for r in row["responses"]] for row in ROWS]  # words + EOS

@@ -239,4 +239,5 @@ def test_gold_is_read_only_by_split_and_eval(tmp_path: Path, monkeypatch: pytest
     assert _LabelReadTracker.reads and all(mods == {"spa_recipes.stages.split"} for _, mods in _LabelReadTracker.reads)
     for name in ("prompts_1.jsonl", "eval.jsonl"):
         rows = [json.loads(line) for line in (tmp_path / "g" / "split" / name).read_text().splitlines()]
-        assert rows and all(set(r) == {"id", "prompt"} for r in rows)
+        extra = {"demonstration"} if name.startswith("prompts") else set()  # SPIN's answer (world-drawn, no label)
+        assert rows and all(set(r) == {"id", "prompt", *extra} for r in rows)

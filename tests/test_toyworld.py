@@ -112,7 +112,7 @@ def test_rows_have_the_preference_schema_and_distinct_prompts(world: ToyWorld) -
     assert len({r["id"] for r in rows}) == 300
     assert len({r["prompt"][0]["content"] for r in rows}) == 300
     for row in rows:
-        assert set(row) == {"id", "prompt", "chosen", "rejected"}
+        assert set(row) == {"id", "prompt", "chosen", "rejected", "demonstration"}
         assert [m["role"] for m in row["prompt"]] == ["user"]
         for response in (row["chosen"], row["rejected"]):
             assert MIN_WORDS <= len(response.split()) <= MAX_WORDS

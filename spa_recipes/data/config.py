@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from spa_recipes.api import ComponentConfig
+from spa_recipes.api import PROMPT_DEMONSTRATIONS, ComponentConfig
 
 
 class PreferenceColumnsConfig(ComponentConfig):
@@ -16,6 +16,8 @@ class PreferenceColumnsConfig(ComponentConfig):
     is the assistant's answer (UltraFeedback-binarized style); the messages before it, when there are any, are
     the prompt. Rows that cannot be read this way are passed on to the split, which counts and skips them.
     """
+
+    capabilities = frozenset({PROMPT_DEMONSTRATIONS})  # offered when demonstration_column is set
 
     prompt_column: str | None = Field(
         "prompt", description="prompt: a string (one user turn) or chat messages; null: the conversation in chosen"
@@ -27,6 +29,16 @@ class PreferenceColumnsConfig(ComponentConfig):
         None, description="system turn put before each prompt that has none ('': an empty one, as the paper's code)"
     )
     max_rows: int | None = Field(None, gt=0, description="read only the first rows (before the split's shuffle)")
+    demonstration_column: str | None = Field(
+        None,
+        description="demonstration (an answer to the prompt, for SPIN): a string or messages ending in it; every row "
+        "must have one; the chosen column may serve; null: none",
+    )
+
+    def offered_capabilities(self) -> frozenset[str]:
+        """Prompt demonstrations only when ``demonstration_column`` names them."""
+        off = frozenset() if self.demonstration_column is not None else {PROMPT_DEMONSTRATIONS}
+        return self.capabilities - off
 
 
 class PreferenceFileConfig(PreferenceColumnsConfig):

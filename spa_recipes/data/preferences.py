@@ -18,6 +18,11 @@ mapping", "missing id", "malformed prompt", "chosen/rejected not text", ...) in 
 JSONL line that is not valid JSON is passed on as its text ("not a mapping"). Problems that concern the
 whole dataset (a missing file, a column no record has, a dataset that cannot be loaded) are one-line
 :class:`~spa_recipes.errors.DataError` s.
+
+With ``demonstration_column`` set, each row also carries ``"demonstration"``: that column's answer text (a
+string, or messages ending in the answer; it may be the chosen column itself), which the split keeps on the
+iteration prompts for selectors that pair it with the model's sample (SPIN). A row without one is an error
+naming the data and the row, not a skipped row: the column was asked for, so its absence is the data's fault.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ def normalize_record(record: Any, index: int, cfg: PreferenceColumnsConfig) -> A
         cfg: the column mapping.
 
     Returns:
-        ``{"id", "prompt", "chosen", "rejected"}``, or ``record`` unchanged when it is not a mapping.
+        ``{"id", "prompt", "chosen", "rejected"}`` (and ``"demonstration"``, None when unreadable, when
+        ``cfg.demonstration_column`` is set), or ``record`` unchanged when it is not a mapping.
     """
     if not isinstance(record, dict):
         return record
@@ -63,7 +69,10 @@ def normalize_record(record: Any, index: int, cfg: PreferenceColumnsConfig) -> A
         prompt = None
     if prompt is not None and cfg.system_prompt is not None and prompt[0]["role"] != "system":
         prompt = [{"role": "system", "content": cfg.system_prompt}, *prompt]
-    return {"id": _row_id(record, index, cfg.id_column), "prompt": prompt, "chosen": chosen, "rejected": rejected}
+    row = {"id": _row_id(record, index, cfg.id_column), "prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if cfg.demonstration_column is not None:
+        row["demonstration"] = _response(record.get(cfg.demonstration_column))[0]
+    return row
 
 
 def _row_id(record: dict[str, Any], index: int, column: str | None) -> str | None:
@@ -122,6 +131,8 @@ def _check_columns(columns: set[str], cfg: PreferenceColumnsConfig, what: str) -
     wanted = {"chosen_column": cfg.chosen_column, "rejected_column": cfg.rejected_column}
     if cfg.id_column is not None:
         wanted["id_column"] = cfg.id_column
+    if cfg.demonstration_column is not None:
+        wanted["demonstration_column"] = cfg.demonstration_column
     missing = [f"{key} '{column}'" for key, column in wanted.items() if column not in columns]
     if missing and columns:
         raise DataError(f"{what}: no record has {', '.join(missing)}; columns: {', '.join(sorted(columns))}")
@@ -140,6 +151,23 @@ def _check_prompts(rows: list[Any], columns: set[str], cfg: PreferenceColumnsCon
             f"{what}: no record has prompt_column '{cfg.prompt_column}' and chosen holds no conversation; "
             f"columns: {', '.join(sorted(columns))}"
         )
+
+
+def _check_demonstrations(rows: list[Any], cfg: PreferenceColumnsConfig, what: str) -> None:
+    """With ``demonstration_column`` set, every row must have demonstration text.
+
+    Raises:
+        DataError: naming the data, the first row without one (its id, or ``#<position>``) and the column.
+    """
+    if cfg.demonstration_column is None:
+        return
+    for position, row in enumerate(rows):
+        if isinstance(row, dict) and not (isinstance(row["demonstration"], str) and row["demonstration"].strip()):
+            name = row["id"] if row["id"] is not None else f"#{position}"
+            raise DataError(
+                f"{what}: row {name} has no text in demonstration_column '{cfg.demonstration_column}' "
+                "(every row needs one; unset demonstration_column to read none)"
+            )
 
 
 # Reading files ---------------------------------------------------------------------------------------
@@ -227,12 +255,13 @@ class _PreferenceSource:
         raise NotImplementedError
 
     def rows(self) -> list[Row]:
-        """The preference rows ``{"id", "prompt", "chosen", "rejected"}``, in dataset order.
+        """The preference rows ``{"id", "prompt", "chosen", "rejected"[, "demonstration"]}``, in dataset order.
 
         Rows that could not be normalised are included (see the module docstring); the split skips them.
 
         Raises:
-            DataError: the data cannot be loaded, or a configured column is in no record.
+            DataError: the data cannot be loaded, a configured column is in no record, or a row has no
+                demonstration text while ``demonstration_column`` is set.
         """
         if self._rows is None:
             records, columns, what = self._records()
@@ -241,8 +270,10 @@ class _PreferenceSource:
             if columns is None:
                 columns = {key for r in records if isinstance(r, dict) for key in r}
             _check_columns(columns, self.cfg, what)
-            self._rows = [normalize_record(r, i, self.cfg) for i, r in enumerate(records)]
-            _check_prompts(self._rows, columns, self.cfg, what)
+            rows = [normalize_record(r, i, self.cfg) for i, r in enumerate(records)]
+            _check_prompts(rows, columns, self.cfg, what)
+            _check_demonstrations(rows, self.cfg, what)
+            self._rows = rows  # kept only once checked: asking again raises again
         return [dict(r) if isinstance(r, dict) else r for r in self._rows]
 
 
@@ -308,7 +339,8 @@ class HubPreferences(_PreferenceSource):
         columns = set(dataset.column_names)
         _check_columns(columns, cfg, what)
         # Only the columns the rows are made of: a dataset's other columns can be large (completions, ratings).
-        keep = [c for c in (cfg.prompt_column, cfg.chosen_column, cfg.rejected_column, cfg.id_column) if c in columns]
+        wanted = (cfg.prompt_column, cfg.chosen_column, cfg.rejected_column, cfg.id_column, cfg.demonstration_column)
+        keep = [c for c in wanted if c in columns]
         if cfg.max_rows is not None:
             dataset = dataset.select(range(min(cfg.max_rows, len(dataset))))
         return dataset.select_columns(sorted(set(keep))).to_list(), columns, what

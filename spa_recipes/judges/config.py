@@ -27,6 +27,15 @@ class ImplicitJudgeConfig(ComponentConfig):
     beta: float = Field(0.1, gt=0.0, description="scale of the implicit reward (the DPO temperature)")
     length_normalize: bool = Field(False, description="divide the log-ratio by the response length")
     batch_size: int = Field(16, gt=0, description="responses per scoring forward pass")
+    previous_scores: bool = Field(
+        False,
+        description="also score with the model before the policy, against the same reference (one more "
+        "scoring pass): rows get previous_scores and pairs the consistency of the two rankings (CREAM)",
+    )
+
+
+class NoJudgeConfig(ComponentConfig):
+    """No judge: every response scores 0 and is valid (for selectors that do not use scores, e.g. SPIN's)."""
 
 
 class PairRMJudgeConfig(ComponentConfig):
@@ -161,6 +170,13 @@ def register(registry: Any) -> None:
         config=ImplicitJudgeConfig,
         builder="spa_recipes.judges.implicit:ImplicitRewardJudge",
         help="SPA: DPO implicit reward against a reference model",
+    )
+    r(
+        "judge",
+        "none",
+        config=NoJudgeConfig,
+        builder="spa_recipes.judges.none:NoJudge",
+        help="no judge: every response scores 0 (for selectors that do not use scores, e.g. SPIN's)",
     )
     pairrm, reward_model, llm = (
         "spa_recipes.judges.pairrm:PairRMJudge",

@@ -4,6 +4,9 @@
 tokens, EOS included (:func:`spa_recipes.sequences.score_encoded`). With ``length_normalize`` each
 log-prob is divided by the response length in tokens first. The reference is chosen by
 ``cfg.reference``: the SFT model (paper), the model before the policy, or none (``r = beta * log pi_policy``).
+With ``previous_scores`` the model before the policy scores every response too, against the same reference
+(CREAM's previous-iteration reward); where that model is the reference itself (iteration 1 with the SFT
+reference), its rewards would all be 0 and ``previous_scores`` is None.
 
 In a multi-process run the shards are dealt out over the processes (:func:`spa_recipes.generation.shards.run_sharded`)
 and every process gets all rows back.
@@ -61,6 +64,8 @@ class ImplicitRewardJudge:
         self.policy_path = ctx.policy_path
         sft_path = ctx.sft_path
         self.reference_path = {"sft": sft_path, "previous": ctx.previous_path or sft_path, "none": None}[cfg.reference]
+        previous = ctx.previous_path or sft_path
+        self.previous_path = previous if cfg.previous_scores and previous != self.reference_path else None
         self.dtype = ctx.dtype
         self.max_prompt_length = ctx.max_prompt_length
         self.max_length = ctx.max_length
@@ -78,27 +83,44 @@ class ImplicitRewardJudge:
         Returns:
             The rows in order with ``"scores"`` (the rewards), ``"valid"`` (the reward is finite) and
             ``"policy_logps"`` (summed, never length-normalised: the trainer can reuse them as cached
-            reference log-probs, since the policy judged here is the next DPO reference).
+            reference log-probs, since the policy judged here is the next DPO reference); with
+            ``previous_scores`` also ``"previous_scores"`` (K, or None where the previous model is the reference).
         """
         sequences = _EncodedShards(self.policy_path, self.max_prompt_length, self.max_length)
-        last = self.reference_path is None
-        policy = self._logps(self.policy_path, rows, out_dir and Path(out_dir) / "policy", sequences, last)
-        if self.reference_path is None:
-            reference = [{"logps": [0.0] * len(r["logps"]), "lengths": r["lengths"]} for r in policy]
-        else:
-            reference = self._logps(self.reference_path, rows, out_dir and Path(out_dir) / "reference", sequences, True)
+        models = [("policy", self.policy_path)]
+        models += [("previous", self.previous_path)] if self.previous_path is not None else []
+        models += [("reference", self.reference_path)] if self.reference_path is not None else []
+        logps = {
+            name: self._logps(path, rows, out_dir and Path(out_dir) / name, sequences, last=k == len(models) - 1)
+            for k, (name, path) in enumerate(models)
+        }
+        policy = logps["policy"]
+        zeros = [{"logps": [0.0] * len(r["logps"])} for r in policy]
+        reference = logps.get("reference", zeros)
         out = []
-        for row, pol, ref in zip(rows, policy, reference, strict=True):
-            if pol.get("id", row["id"]) != row["id"] or ref.get("id", row["id"]) != row["id"]:
+        for i, (row, pol, ref) in enumerate(zip(rows, policy, reference, strict=True)):
+            if any(part[i].get("id", row["id"]) != row["id"] for part in logps.values()):
                 raise ValueError(f"{out_dir}: cached log-probs are for other rows (row {row['id']!r}); remove it")
-            scores = [
-                self.cfg.beta * (self._norm(lp, n) - self._norm(lr, n))
-                for lp, lr, n in zip(pol["logps"], ref["logps"], pol["lengths"], strict=True)
-            ]
-            out.append(
-                {**row, "scores": scores, "valid": [math.isfinite(s) for s in scores], "policy_logps": pol["logps"]}
-            )
+            scores = self._rewards(pol["logps"], ref["logps"], pol["lengths"])
+            judged = {
+                **row,
+                "scores": scores,
+                "valid": [math.isfinite(s) for s in scores],
+                "policy_logps": pol["logps"],
+            }
+            if self.cfg.previous_scores:
+                previous = logps.get("previous")
+                judged["previous_scores"] = (
+                    self._rewards(previous[i]["logps"], ref["logps"], pol["lengths"]) if previous else None
+                )
+            out.append(judged)
         return out
+
+    def _rewards(self, logps: list[float], ref_logps: list[float], lengths: list[int]) -> list[float]:
+        return [
+            self.cfg.beta * (self._norm(lp, n) - self._norm(lr, n))
+            for lp, lr, n in zip(logps, ref_logps, lengths, strict=True)
+        ]
 
     def _norm(self, logp: float, length: int) -> float:
         return logp / max(length, 1) if self.cfg.length_normalize else logp

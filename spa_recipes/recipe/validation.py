@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from spa_recipes.api import DEMONSTRATIONS, EXTRAPOLATION, offers
+from spa_recipes.api import DEMONSTRATIONS, EXTRAPOLATION, PROMPT_DEMONSTRATIONS, offers
 from spa_recipes.errors import RecipeError
 from spa_recipes.recipe.layers import Sources
 from spa_recipes.recipe.messages import format_errors, suggest
@@ -126,6 +126,7 @@ def _cross_checks(recipe: Recipe, num_processes: int) -> list[str]:
         problems.append("models.base: required by training.sft (the model it fine-tunes)")
     if sft_stage and not offers(recipe.data.args, DEMONSTRATIONS):
         problems.append(f"training.sft: data source '{recipe.data.name}' has no demonstrations for an sft stage")
+    problems += _prompt_demonstrations(recipe)
     if recipe.iterations > 0 and recipe.training.seed is None and recipe.judge.name == "implicit":
         ref = recipe.judge.args.reference
         if ref == "sft":
@@ -134,6 +135,21 @@ def _cross_checks(recipe: Recipe, num_processes: int) -> list[str]:
                 "(every reward is 0); set training.seed or judge.reference"
             )
     return problems
+
+
+def _prompt_demonstrations(recipe: Recipe) -> list[str]:
+    """SPIN's selector pairs each prompt's demonstration with a sample: the data source must give them."""
+    from spa_recipes.pairs_config import DemonstrationSelectorConfig
+
+    if not isinstance(recipe.pair_selector.args, DemonstrationSelectorConfig) or offers(
+        recipe.data.args, PROMPT_DEMONSTRATIONS
+    ):
+        return []
+    hint = " (set data.demonstration_column)" if "demonstration_column" in type(recipe.data.args).model_fields else ""
+    return [
+        f"pair_selector: '{recipe.pair_selector.name}' pairs each prompt's demonstration, but data source "
+        f"'{recipe.data.name}' has none{hint}"
+    ]
 
 
 def _flagging_batch(recipe: Recipe, num_processes: int) -> list[str]:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from spa_recipes.api import ComponentConfig
+from spa_recipes.api import PROMPT_DEMONSTRATIONS, ComponentConfig
 
 RuleName = Literal["done", "caps"]
 RuleTask = Literal["add", "sub", "mul", "next", "reverse", "count"]
@@ -14,6 +14,8 @@ RuleTask = Literal["add", "sub", "mul", "next", "reverse", "count"]
 
 class RulePromptsConfig(ComponentConfig):
     """Templated questions with a formatting rule; the gold checks the rule (spa_recipes/rules/world.py)."""
+
+    capabilities = frozenset({PROMPT_DEMONSTRATIONS})
 
     num_prompts: int = Field(600, gt=0, description="distinct prompts the source offers for split")
     rules: list[RuleName] = Field(

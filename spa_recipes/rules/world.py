@@ -185,9 +185,10 @@ class RulePrompts:
         return gold_score(prompt, response)
 
     def rows(self) -> list[dict[str, Any]]:
-        """``num_prompts`` rows ``{"id", "prompt", "chosen", "rejected"}`` with distinct prompts.
+        """``num_prompts`` rows ``{"id", "prompt", "chosen", "rejected", "demonstration"}`` with distinct prompts.
 
-        ``chosen`` is the plain correct answer with the prompt's rule applied, ``rejected`` the plain one.
+        ``chosen`` is the plain correct answer with the prompt's rule applied, ``rejected`` the plain one;
+        ``demonstration`` is ``chosen`` (the answer a demonstrator following the rule gives, for SPIN).
         """
         rng = random.Random(f"rules:{self.cfg.world_seed}")
         rows: list[dict[str, Any]] = []
@@ -212,6 +213,7 @@ class RulePrompts:
                     "prompt": [{"role": "user", "content": content}],
                     "chosen": rule.apply(question.plain),
                     "rejected": question.plain,
+                    "demonstration": rule.apply(question.plain),
                 }
             )
         return rows

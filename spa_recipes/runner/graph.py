@@ -1,7 +1,8 @@
 """The SPA stage graph, built from a recipe alone: stage kinds placed and wired, top to bottom.
 
     split -> [sft] -> [seed_dpo] -> [judge_train] -> [eval_baseline] -> [eval_seed_dpo]
-          -> for i in 1..T: iter{i}_generate -> iter{i}_judge -> iter{i}_pairs -> iter{i}_train -> [iter{i}_eval]
+          -> for i in 1..T: iter{i}_generate -> iter{i}_judge -> iter{i}_pairs -> [iter{i}_mix] -> iter{i}_train
+                            -> [iter{i}_eval]
           -> report
 
 What each kind reads, takes and writes is declared in its module (:mod:`spa_recipes.stages`); this module
@@ -21,6 +22,7 @@ from spa_recipes.stages import (
     generate,
     judge,
     judge_train,
+    mix,
     pairs,
     report,
     seed_dpo,
@@ -81,6 +83,8 @@ def build_graph(recipe: Recipe) -> list[Stage]:
         ).out("responses")
         if recipe.training.seed is not None:
             g.add("eval_seed_dpo", evaluate.KIND, prompts=held_out, policy=policies[1], baseline=baseline)
+    mixer = r["data_mixer"]
+    previous_pairs: Source | None = None
     for i in range(1, t + 1):
         policy = policies[i]
         prompts = (
@@ -105,7 +109,14 @@ def build_graph(recipe: Recipe) -> list[Stage]:
             trained_judge=trained_judge,
         ).out("scores")
         chosen = g.add(f"iter{i}_pairs", pairs.KIND, i, scores=scores).out("pairs")
-        trained = g.add(f"iter{i}_train", train.KIND, i, pairs=chosen, policy=policy, reference=policy).out("model")
+        training_pairs = chosen
+        if mixer["name"] != "none":
+            pool = data.out("seed") if mixer.get("source") == "seed" else previous_pairs
+            training_pairs = g.add(f"iter{i}_mix", mix.KIND, i, pairs=chosen, pool=pool).out("pairs")
+        previous_pairs = chosen
+        trained = g.add(f"iter{i}_train", train.KIND, i, pairs=training_pairs, policy=policy, reference=policy).out(
+            "model"
+        )
         if evaluated:
             g.add(f"iter{i}_eval", evaluate.KIND, i, prompts=held_out, policy=trained, baseline=baseline, pairs=chosen)
         policies.append(trained)

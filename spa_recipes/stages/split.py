@@ -37,7 +37,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     start = n_seed
     prompt_sets = []
     for size in n_iter:
-        prompt_sets.append([{"id": r["id"], "prompt": r["prompt"]} for r in rows[start : start + size]])
+        prompt_sets.append([_prompt_row(r) for r in rows[start : start + size]])
         start += size
     eval_rows = [{"id": r["id"], "prompt": r["prompt"]} for r in rows[n - n_eval :]] if n_eval else []
 
@@ -75,6 +75,14 @@ KIND = StageKind(
     # models.sft and the prompt limit: prompts longer than the policy's max_prompt_length tokens are skipped.
     reads=("data", "split", "iterations", "run.seed", "models.sft", "training.iteration.max_prompt_length"),
 )
+
+
+def _prompt_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An iteration prompt: id and prompt, and the source's ``demonstration`` when it has one (SPIN pairs it)."""
+    kept = {"id": row["id"], "prompt": row["prompt"]}
+    if isinstance(row.get("demonstration"), str):
+        kept["demonstration"] = row["demonstration"]
+    return kept
 
 
 def _count(value: int | float, n: int) -> int:

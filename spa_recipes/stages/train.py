@@ -1,14 +1,15 @@
 """train: one SPA iteration's training: pi_i from pi_{i-1}, reference pi_{i-1}, on the self-labelled pairs.
 
 The recipe's noise detector and refiner act on the pairs (lambda as the iteration's). When the loss needs
-no reference logits (no extrapolation), the judge's log pi_{i-1} values are reused as the cached
-reference log-probs.
+no reference logits (no extrapolation) and every pair carries the judge's log pi_{i-1} values (replayed pairs
+do not), they are reused as the cached reference log-probs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from spa_recipes.api import PER_PAIR, offers
 from spa_recipes.atomic import read_jsonl
 from spa_recipes.noise import lambda_for_iteration
 from spa_recipes.runner.stage import StageContext, StageKind
@@ -29,7 +30,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         pairs,
         recipe.training.iteration,
         noise_detector=ctx.build(recipe.noise_detector, "noise_detector"),
-        refiner=ctx.build(recipe.refiner, "refiner"),
+        refiner=ctx.build(recipe.refiner, "refiner", pairs=tuple(pairs)),
+        refiner_per_pair=offers(recipe.refiner.args, PER_PAIR),
         lam=lam,
         ref_logps=_judge_logps(pairs),
     )
@@ -51,7 +53,8 @@ def train_on(ctx: StageContext, pairs: list[dict[str, Any]], training: Any, **no
     """DPO of the ``policy`` input against the ``reference`` input on ``pairs``; the stage's summary.
 
     Args:
-        noise: ``noise_detector``, ``refiner``, ``lam`` and ``ref_logps`` (none given: plain DPO).
+        noise: ``noise_detector``, ``refiner``, ``refiner_per_pair``, ``lam`` and ``ref_logps`` (none given: plain
+            DPO).
     """
     if not noise:  # plain DPO: the detector that flags nothing and the refiner that changes nothing
         noise = {"noise_detector": _none("noise_detector"), "refiner": _none("refiner"), "lam": 0.0}
@@ -80,7 +83,8 @@ def _none(kind: str) -> Any:
 
 
 def _judge_logps(pairs: list[dict[str, Any]]) -> dict[str, tuple[float, float]] | None:
-    """log pi_{i-1} of chosen and rejected as the judge computed them (the same model and tokenization)."""
-    if not pairs or "chosen_policy_logp" not in pairs[0]:
+    """log pi_{i-1} of chosen and rejected as the judge computed them (the same model and tokenization); None
+    unless every pair has them."""
+    if not pairs or any("chosen_policy_logp" not in p for p in pairs):
         return None
     return {p["id"]: (p["chosen_policy_logp"], p["rejected_policy_logp"]) for p in pairs}

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from spa_recipes.api import DEMONSTRATIONS, ComponentConfig
+from spa_recipes.api import DEMONSTRATIONS, PROMPT_DEMONSTRATIONS, ComponentConfig
 
 
 class TinyLlamaConfig(ComponentConfig):
@@ -28,7 +28,7 @@ class TinyLlamaConfig(ComponentConfig):
 class ToyWorldConfig(ComponentConfig):
     """The embedded synthetic world: prompts, demonstrations, human-like seed pairs and a gold preference."""
 
-    capabilities = frozenset({DEMONSTRATIONS})
+    capabilities = frozenset({DEMONSTRATIONS, PROMPT_DEMONSTRATIONS})
 
     num_prompts: int = Field(2000, gt=0, le=54810, description="distinct prompts the world offers for split")
     sft_demonstrations: int = Field(6000, ge=0, description="demonstrations for the sft stage")

@@ -223,10 +223,22 @@ class ToyWorld:
         """The preference dataset: one row per prompt, two world responses ordered by the gold preference.
 
         Returns:
-            ``num_prompts`` rows ``{"id", "prompt", "chosen", "rejected"}`` with distinct prompts; the two
-            responses never tie under the gold.
+            ``num_prompts`` rows ``{"id", "prompt", "chosen", "rejected", "demonstration"}`` with distinct
+            prompts; the two responses never tie under the gold. ``demonstration`` is an SFT-style answer to
+            the prompt (see :meth:`demonstration`), for selectors that pair it with the model's sample (SPIN).
         """
         return copy.deepcopy(self._rows)
+
+    def demonstration(self, row_id: str, prompt: Messages) -> str:
+        """A demonstration for one row's prompt, drawn as the SFT demonstrations are (a fresh latent style).
+
+        Seeded by the world seed and the row id alone, so reruns and resumed runs give the same text, and the
+        rows' other fields are drawn exactly as without it.
+
+        Raises:
+            DataError: the prompt is not from this world.
+        """
+        return self._draw_response(_rng(self.cfg.world_seed, f"demonstration:{row_id}"), prompt_topic(prompt))
 
     def demonstrations(self) -> list[dict[str, Any]]:
         """SFT demonstrations ``{"prompt", "response"}`` on prompts disjoint from :meth:`rows`.
@@ -251,8 +263,15 @@ class ToyWorld:
                 second = self._draw_response(rng, topic)
             if gold_score_words(topic, second.split()) > gold_score_words(topic, first.split()):
                 first, second = second, first
+            row_id, prompt = f"toy-{len(rows):05d}", _messages(content)
             rows.append(
-                {"id": f"toy-{len(rows):05d}", "prompt": _messages(content), "chosen": first, "rejected": second}
+                {
+                    "id": row_id,
+                    "prompt": prompt,
+                    "chosen": first,
+                    "rejected": second,
+                    "demonstration": self.demonstration(row_id, prompt),
+                }
             )
         return rows
 

@@ -155,6 +155,7 @@ def train_preference(
     loss: DPOLoss,
     noise_detector: Any,
     refiner: Any,
+    refiner_per_pair: bool = False,
     lam: float,
     seed: int,
     dtype: str = "auto",
@@ -176,6 +177,7 @@ def train_preference(
         loss: the DPO loss (holds beta).
         noise_detector: a detector from :mod:`spa_recipes.noise` (``flag``, ``confidence``, ``threshold``).
         refiner: a refiner from :mod:`spa_recipes.refiners`.
+        refiner_per_pair: the refiner offers PER_PAIR: it is given the micro-batch's pair ids.
         lam: DND extrapolation strength for this stage (see :func:`spa_recipes.noise.lambda_for_iteration`).
         seed: seed of data order and RNGs.
         dtype: the recipe's ``models.dtype`` (``auto``: bf16 on a GPU that has it, else fp32): the reference
@@ -307,7 +309,8 @@ def train_preference(
             flags = noise_detector.flag(conf_margins, accelerator)
         pc, pr = logps[:n], logps[n:]
         rc, rr = ref_seq[:n], ref_seq[n:]
-        smoothing, weights = refiner.refine(flags, step, total_steps)
+        by_pair = {"ids": [ids[i] for i in indices]} if refiner_per_pair else {}
+        smoothing, weights = refiner.refine(flags, step, total_steps, **by_pair)
         losses, margins = loss(pc, pr, rc, rr, smoothing=smoothing)
         value = (losses * weights.to(losses.device)).mean()
         chosen_rewards = (beta * (pc - rc)).detach()
