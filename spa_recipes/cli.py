@@ -306,10 +306,14 @@ def report(
         if compare:
             written = compare_runs(list(run_dirs), out)
             typer.echo(f"{written.markdown} ({len(written.runs)} runs, {len(written.plots)} plots)")
+            for warning in written.warnings:
+                typer.echo(f"warning: {warning}")
             return
         for run_dir in run_dirs:
             written = build_report(run_dir)
             typer.echo(f"{written.markdown} ({len(written.plots)} plots in {written.markdown.parent / 'plots'})")
+            for warning in written.warnings:
+                typer.echo(f"warning: {warning}")
 
 
 @app.command("export-alpacaeval")

@@ -71,6 +71,8 @@ def evaluate_pairs(
     *,
     model_num_tokens: Sequence[int] | None = None,
     baseline_num_tokens: Sequence[int] | None = None,
+    model_finished: Sequence[bool] | None = None,
+    baseline_finished: Sequence[bool] | None = None,
 ) -> dict[str, Any]:
     """Compare a model's responses with a baseline's, prompt by prompt.
 
@@ -82,12 +84,16 @@ def evaluate_pairs(
             tie, 0 baseline wins, ``None`` when the comparison could not be judged; those are left out).
         model_num_tokens: response lengths in tokens, when known (reported, not used for LC).
         baseline_num_tokens: the same for the baseline.
+        model_finished: per response, whether it ended with EOS (False: cut at max_new_tokens), when known.
+        baseline_finished: the same for the baseline.
 
     Returns:
         ``win_rate``, ``win_rate_se`` (standard error, points), ``lc_win_rate`` (lengths in characters, as
         AlpacaEval), ``n`` (judged prompts), ``wins``, ``ties``, ``losses``, ``invalid``, and the mean
-        response lengths ``mean_words_model``, ``mean_words_baseline`` (and ``mean_tokens_*`` when given).
-        Lengths are over all prompts, judged or not.
+        response lengths ``mean_words_model``, ``mean_words_baseline`` (and ``mean_tokens_*`` when given), and
+        the share of responses that ended with EOS, ``eos_rate_model`` and ``eos_rate_baseline`` (when the
+        ``*_finished`` flags are given: a falling EOS rate is the mark of length hacking). Lengths and EOS
+        rates are over all prompts, judged or not.
 
     Raises:
         ValueError: if the inputs differ in length or no comparison could be judged.
@@ -119,6 +125,10 @@ def evaluate_pairs(
         metrics["mean_tokens_model"] = float(np.mean(model_num_tokens))
     if baseline_num_tokens is not None:
         metrics["mean_tokens_baseline"] = float(np.mean(baseline_num_tokens))
+    if model_finished is not None:
+        metrics["eos_rate_model"] = float(np.mean(model_finished))
+    if baseline_finished is not None:
+        metrics["eos_rate_baseline"] = float(np.mean(baseline_finished))
     return metrics
 
 

@@ -82,7 +82,14 @@ def test_evaluate_pairs_reports_rates_lengths_and_invalid() -> None:
     model = ["a b c d", "a b c d e f", "a b", "a b c", "", "a b c d e"]
     baseline = ["a b", "a b", "a b c d", "a b c", "a", "a b"]
     metrics = evaluate_pairs(
-        prompts, model, baseline, longer_wins, model_num_tokens=[4, 6, 2, 3, 0, 5], baseline_num_tokens=[2] * 6
+        prompts,
+        model,
+        baseline,
+        longer_wins,
+        model_num_tokens=[4, 6, 2, 3, 0, 5],
+        baseline_num_tokens=[2] * 6,
+        model_finished=[True, False, True, True, False, True],
+        baseline_finished=[True] * 6,
     )
     assert metrics["n"] == 5 and metrics["invalid"] == 1
     assert (metrics["wins"], metrics["ties"], metrics["losses"]) == (3, 1, 1)
@@ -92,6 +99,7 @@ def test_evaluate_pairs_reports_rates_lengths_and_invalid() -> None:
     assert metrics["mean_words_baseline"] == pytest.approx(14 / 6)
     assert metrics["mean_tokens_model"] == pytest.approx(20 / 6)
     assert metrics["mean_tokens_baseline"] == 2.0
+    assert metrics["eos_rate_model"] == pytest.approx(4 / 6) and metrics["eos_rate_baseline"] == 1.0
     assert metrics["win_rate_se"] > 0
     with pytest.raises(ValueError, match="no comparison"):
         evaluate_pairs(prompts[:1], [""], ["a"], longer_wins)

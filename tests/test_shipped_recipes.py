@@ -36,12 +36,17 @@ def test_recipes_are_found() -> None:
 
 
 # Model folders a shipped recipe expects a documented script to have made (relative to the working directory).
-MADE_BY_SCRIPTS = {"smollm2_spa_cpu.yaml": "runs/models/smollm2-135m-instruct"}  # scripts/smollm2_checkpoint.py
+# scripts/smollm2_checkpoint.py makes SmolLM2's, for smollm2_spa_cpu.yaml and the recipes in smollm2/ that extend it.
+SMOLLM2 = "runs/models/smollm2-135m-instruct"
+MADE_BY_SCRIPTS = {
+    "smollm2_spa_cpu.yaml": SMOLLM2,
+    **{f"smollm2/{m}.yaml": SMOLLM2 for m in ("dice", "cream", "self_rewarding", "spin")},
+}
 
 
 @pytest.mark.parametrize("path", COMPLETE, ids=_id)
 def test_complete_recipe_validates(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = MADE_BY_SCRIPTS.get(path.name)
+    folder = MADE_BY_SCRIPTS.get(_id(path))
     if folder:
         monkeypatch.chdir(tmp_path)
         with pytest.raises(RecipeError, match=f"models.sft: no such folder: {folder}"):

@@ -5,25 +5,37 @@ Used by the runner's report stage (every finished run has its report) and by ``s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spa_recipes.atomic import write_json_atomic, write_text_atomic
 from spa_recipes.errors import UserError
 from spa_recipes.reporting.collect import RunData, collect_run
+from spa_recipes.reporting.length_hacking import TRUNCATED_SHARE_LIMIT, WORDS_GROWTH_LIMIT, length_warnings
 from spa_recipes.reporting.markdown import render_comparison, render_run
 from spa_recipes.reporting.plots import plot_compare, plot_run
 
-__all__ = ["Report", "RunData", "build_report", "collect_run", "compare_runs"]
+__all__ = [
+    "TRUNCATED_SHARE_LIMIT",
+    "WORDS_GROWTH_LIMIT",
+    "Report",
+    "RunData",
+    "build_report",
+    "collect_run",
+    "compare_runs",
+    "length_warnings",
+]
 
 
 @dataclass
 class Report:
-    """What a report wrote: its markdown file, its plots (name -> PNG), and the tables it was made from."""
+    """What a report wrote: its markdown file, its plots (name -> PNG), the tables it was made from, and its
+    warnings about length hacking (also in the markdown; the CLI prints them)."""
 
     markdown: Path
     plots: dict[str, Path]
     runs: list[RunData]
+    warnings: list[str] = field(default_factory=list)
 
 
 def build_report(run_dir: Path | str, stage_names: list[str] | None = None, *, plots: bool = True) -> Report:
@@ -45,7 +57,7 @@ def build_report(run_dir: Path | str, stage_names: list[str] | None = None, *, p
     write_json_atomic(data.run_dir / "results.json", data.results)
     markdown = data.run_dir / "report.md"
     write_text_atomic(markdown, render_run(data, drawn))
-    return Report(markdown, drawn, [data])
+    return Report(markdown, drawn, [data], length_warnings(data))
 
 
 def compare_runs(run_dirs: list[Path | str], out_dir: Path | str) -> Report:
@@ -70,7 +82,8 @@ def compare_runs(run_dirs: list[Path | str], out_dir: Path | str) -> Report:
     drawn = plot_compare(labelled, out_dir / "plots")
     markdown = out_dir / "report.md"
     write_text_atomic(markdown, render_comparison(labelled, drawn, out_dir))
-    return Report(markdown, drawn, runs)
+    warnings = [f"{label}: {warning}" for label, data in labelled for warning in length_warnings(data)]
+    return Report(markdown, drawn, runs, warnings)
 
 
 def run_labels(runs: list[RunData]) -> list[str]:

@@ -15,6 +15,7 @@ import yaml
 
 from spa_recipes.atomic import is_complete, loads_json, read_jsonl
 from spa_recipes.errors import UserError
+from spa_recipes.reporting.length_hacking import truncation
 
 
 @dataclass
@@ -25,7 +26,9 @@ class RunData:
         run_dir: the run directory.
         name: the run's name (``run.name`` of its recipe).
         results: the ``results.json`` content: ``run``, ``baseline``, ``models`` (one row per evaluated model,
-            iteration 0 = seed DPO) and ``iterations`` (pairs and agreement with gold per iteration).
+            iteration 0 = seed DPO, with its responses' EOS rate) and ``iterations`` (per iteration: pairs,
+            agreement with gold, and the truncation figures of
+            :func:`spa_recipes.reporting.length_hacking.truncation`).
         training: per training stage (sft, seed_dpo, iter{i}_train, ...), its per-step metric rows in order.
         iteration_training: per iteration, the name of its training stage (kind ``train``) that finished.
         generation: per iteration, the summary of its generate stage (mean_words, mean_tokens, eos_rate, ...).
@@ -117,9 +120,11 @@ def collect_run(run_dir: Path | str, stage_names: list[str] | None = None) -> Ru
 def _results(
     run_dir: Path, name: str, baseline: str, stages: list[str], manifest: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """The results.json content: per evaluated model its win rates; per iteration its pairs and agreement."""
+    """The results.json content: per evaluated model its win rates; per iteration its pairs, agreement and
+    truncation (EOS rates and truncated shares are None where an older run did not record them)."""
     models: list[dict[str, Any]] = []
     merged: dict[int, dict[str, Any]] = {}
+    samples: dict[int, dict[str, Any]] = {}
     for stage in stages:
         entry = manifest.get(stage, {})
         eval_json, counts_json = run_dir / stage / "eval.json", run_dir / stage / "counts.json"
@@ -136,6 +141,8 @@ def _results(
                     "n": m["n"],
                     "mean_words": m["mean_words_model"],
                     "baseline_mean_words": m["mean_words_baseline"],
+                    "eos_rate": m.get("eos_rate_model"),
+                    "baseline_eos_rate": m.get("eos_rate_baseline"),
                 }
             )
             if m["iteration"] > 0:
@@ -145,6 +152,12 @@ def _results(
         elif entry.get("kind") == "pairs" and counts_json.is_file():
             i = int(entry["iteration"])
             merged.setdefault(i, {"iteration": i})["pairs"] = loads_json(counts_json.read_text())
+        elif entry.get("kind") == "generate":
+            i = int(entry["iteration"])
+            samples[i] = entry.get("summary") or {}
+            merged.setdefault(i, {"iteration": i})
+    for i, row in merged.items():
+        row.update(truncation(samples.get(i), row.get("pairs")))
     models.sort(key=lambda m: m["iteration"])
     return {"run": name, "baseline": baseline, "models": models, "iterations": [merged[i] for i in sorted(merged)]}
 

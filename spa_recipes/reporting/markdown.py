@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from spa_recipes.reporting.collect import RunData
+from spa_recipes.reporting.length_hacking import TRUNCATED_SHARE_LIMIT, length_warnings
 from spa_recipes.reporting.plots import mean_flagged_by_iteration
 
 PLOT_TITLES = {
@@ -24,6 +25,10 @@ def _num(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _percent(share: float | None) -> str:
+    return _num(None if share is None else 100 * share)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -35,7 +40,8 @@ def _image(name: str, plots: dict[str, Path], base: Path) -> list[str]:
 
 
 def win_rate_rows(results: dict[str, Any]) -> list[list[str]]:
-    """The win-rate table's rows: model, iteration, WR ± s.e., LC WR, WR − LC, n, mean words, baseline words."""
+    """The win-rate table's rows: model, iteration, WR ± s.e., LC WR, WR − LC, n, mean words, baseline words,
+    EOS rate, baseline EOS rate (the share of responses that ended; "-" for runs from before it was kept)."""
     return [
         [
             m["model"],
@@ -46,6 +52,8 @@ def win_rate_rows(results: dict[str, Any]) -> list[list[str]]:
             str(m["n"]),
             f"{m['mean_words']:.1f}",
             f"{m['baseline_mean_words']:.1f}",
+            _num(m.get("eos_rate"), ".2f"),
+            _num(m.get("baseline_eos_rate"), ".2f"),
         ]
         for m in results["models"]
     ]
@@ -72,17 +80,31 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
         f"Run directory `{data.run_dir}`; {len(data.stage_seconds)} stages finished in {data.total_seconds:.0f} s.",
     ]
     lines += ["", *(f"> {note}" for note in data.notes)] if data.notes else []
+    for warning in length_warnings(data):  # one blockquote each: consecutive ones would run into one paragraph
+        lines += ["", f"> **Warning:** {warning}"]
     lines += [
         "",
         "## Win rate",
         "",
         f"Against the {results['baseline']} model (ties count half); iteration 0 is the seed-DPO model. "
-        "LC = length-controlled: a large WR − LC gap means the wins come with longer responses.",
+        "LC = length-controlled: a large WR − LC gap means the wins come with longer responses; "
+        "EOS rate = share of responses that ended rather than being cut at max_new_tokens.",
         "",
     ]
     if results["models"]:
         lines += _table(
-            ["model", "iteration", "win rate", "LC win rate", "WR − LC", "n", "mean words", "baseline words"],
+            [
+                "model",
+                "iteration",
+                "win rate",
+                "LC win rate",
+                "WR − LC",
+                "n",
+                "mean words",
+                "baseline words",
+                "EOS rate",
+                "baseline EOS rate",
+            ],
             win_rate_rows(results),
         )
     else:
@@ -130,13 +152,14 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
 
     lines += ["", "## Response length", ""]
     length_rows = []
-    eval_words = {m["iteration"]: m["mean_words"] for m in results["models"]}
-    for i in sorted(set(eval_words) | {i - 1 for i in data.generation}):
-        gen = data.generation.get(i + 1, {})
+    evaluated = {m["iteration"]: m for m in results["models"]}
+    for i in sorted(set(evaluated) | {i - 1 for i in data.generation}):
+        gen, model = data.generation.get(i + 1, {}), evaluated.get(i, {})
         length_rows.append(
             [
                 str(i),
-                _num(eval_words.get(i)),
+                _num(model.get("mean_words")),
+                _num(model.get("eos_rate"), ".2f"),
                 _num(gen.get("mean_words")),
                 _num(gen.get("mean_tokens")),
                 _num(gen.get("eos_rate"), ".2f"),
@@ -144,17 +167,20 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
         )
     if data.baseline_stats:
         b = data.baseline_stats
-        length_rows.insert(0, [f"{results['baseline']} (baseline)", _num(b.get("mean_words")), "-", "-", "-"])
+        baseline_row = [f"{results['baseline']} (baseline)", _num(b.get("mean_words")), _num(b.get("eos_rate"), ".2f")]
+        length_rows.insert(0, [*baseline_row, "-", "-", "-"])
     lines += _table(
         [
             "model (iteration)",
             "evaluation mean words",
+            "evaluation EOS rate",
             "samples for next iteration: mean words",
             "mean tokens",
             "EOS rate",
         ],
         length_rows,
     )
+    lines += truncation_section(results)
     lines += _image("length", plots, base)
 
     total = max(data.total_seconds, 1e-9)
@@ -164,6 +190,44 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
     )
     lines += _image("stage_times", plots, base)
     return "\n".join(lines) + "\n"
+
+
+def truncation_section(results: dict[str, Any]) -> list[str]:
+    """The per-iteration truncation table: how often the iteration's samples and its pairs' responses were cut."""
+    if not results["iterations"]:
+        return []
+    rows = [
+        [
+            str(it["iteration"]),
+            _num(it.get("eos_rate"), ".2f"),
+            _percent(it.get("truncated_share")),
+            _percent(it.get("chosen_truncated_share")),
+            _percent(it.get("rejected_truncated_share")),
+            _num(it.get("agreement_with_gold")),
+        ]
+        for it in results["iterations"]
+    ]
+    lines = [
+        "",
+        "### Truncation per iteration",
+        "",
+        "Iteration i's samples come from model i − 1. Truncated = cut at max_new_tokens (1 − EOS rate); the report "
+        f"warns above {100 * TRUNCATED_SHARE_LIMIT:.0f}%. Chosen / rejected: share of the iteration's pairs whose "
+        'chosen / rejected response was truncated ("-": not recorded by this run). A judge that rewards length '
+        "picks truncated responses as chosen more often than as rejected, and its agreement with gold falls.",
+        "",
+    ]
+    return lines + _table(
+        [
+            "iteration",
+            "samples' EOS rate",
+            "truncated samples (%)",
+            "truncated chosen (%)",
+            "truncated rejected (%)",
+            "agreement with gold (%)",
+        ],
+        rows,
+    )
 
 
 def render_comparison(runs: list[tuple[str, RunData]], plots: dict[str, Path], out_dir: Path) -> str:
@@ -192,6 +256,7 @@ def render_comparison(runs: list[tuple[str, RunData]], plots: dict[str, Path], o
             r["agreement_with_gold"] for r in data.results["iterations"] if r.get("agreement_with_gold") is not None
         ]
         flagged = mean_flagged_by_iteration(data)
+        truncated = [r["truncated_share"] for r in data.results["iterations"] if r.get("truncated_share") is not None]
         summary.append(
             [
                 label,
@@ -201,6 +266,7 @@ def render_comparison(runs: list[tuple[str, RunData]], plots: dict[str, Path], o
                 _num(final.get("lc_win_rate")),
                 _num(final["win_rate"] - seed["win_rate"] if final and seed else None, "+.1f"),
                 _num(final.get("mean_words")),
+                _percent(truncated[-1] if truncated else None),
                 _num(agreement[-1] if agreement else None),
                 _num(100 * sum(flagged.values()) / len(flagged) if flagged else None),
                 f"{data.total_seconds:.0f}",
@@ -215,12 +281,16 @@ def render_comparison(runs: list[tuple[str, RunData]], plots: dict[str, Path], o
             "LC win rate",
             "Δ WR",
             "mean words",
+            "truncated samples, last iteration (%)",
             "agreement, last iteration (%)",
             "flagged (%)",
             "time (s)",
         ],
         summary,
     )
+    for label, data in runs:
+        for warning in length_warnings(data):
+            lines += ["", f"> **Warning** ({label}): {warning}"]
 
     iterations = sorted({m["iteration"] for _, d in runs for m in d.results["models"]})
     lines += ["", "## LC win rate / win rate per iteration", ""]

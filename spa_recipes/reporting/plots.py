@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spa_recipes.reporting.collect import RunData
+from spa_recipes.reporting.length_hacking import TRUNCATED_SHARE_LIMIT
 
 # Training-metric keys (spa_recipes.training.preference / loop) the plots read.
 FLAGGED, THRESHOLD = "flagged_fraction", "threshold"
@@ -228,13 +229,43 @@ def plot_loss(data: RunData, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _eos_panel(ax: Any, data: RunData) -> None:
+    """Share of responses that ended with EOS per model: its evaluation responses, its samples for the next
+    iteration and the chosen ones of that iteration's pairs; the warning level dashed."""
+    models = [m for m in data.results["models"] if m.get("eos_rate") is not None]
+    if models:
+        ax.plot([m["iteration"] for m in models], [100 * m["eos_rate"] for m in models], marker="o", label="evaluation")
+    base = (data.baseline_stats or {}).get("eos_rate")
+    if base is not None:
+        baseline = data.results["baseline"]
+        ax.axhline(100 * base, color="black", linestyle=":", linewidth=1, label=f"{baseline} (baseline), evaluation")
+    # Iteration i's samples and pairs come from model i - 1: plotted at that model's position.
+    for key, marker, label in (
+        ("truncated_share", "^", "its samples for the next iteration"),
+        ("chosen_truncated_share", "v", "chosen of those pairs"),
+    ):
+        rows = [r for r in data.results["iterations"] if r.get(key) is not None]
+        if rows:
+            x, y = [r["iteration"] - 1 for r in rows], [100 * (1 - r[key]) for r in rows]
+            ax.plot(x, y, marker=marker, linestyle="--", label=label)
+    limit = 100 * (1 - TRUNCATED_SHARE_LIMIT)
+    ax.axhline(limit, color="C3", linestyle="--", linewidth=1, label=f"report warns below {limit:.0f}%")
+    its = sorted({m["iteration"] for m in data.results["models"]} | {i - 1 for i in data.generation})
+    _iteration_axis(ax, its)
+    ax.set_ylim(0, 102)
+    ax.set_ylabel("responses ending with EOS (%)")
+    ax.set_title("EOS rate (the rest: cut at max_new_tokens)")
+    ax.legend(loc="lower left", fontsize=8)
+
+
 def plot_length(data: RunData, path: Path) -> Path | None:
-    """Response length per model, and the WR − LC gap it explains."""
+    """Response length per model, the share of responses that ended (EOS rate), and the WR − LC gap."""
     models = data.results["models"]
     if not models and not data.generation:
         return None
-    fig, axes = _figure(1, 2, (11.0, 4.2)) if models else _figure()
+    fig, axes = _figure(1, 3, (15.0, 4.2)) if models else _figure(1, 2, (11.0, 4.2))
     left, right = axes[0][0], axes[0][-1]
+    _eos_panel(axes[0][1], data)
     its = [m["iteration"] for m in models]
     if models:
         left.plot(its, [m["mean_words"] for m in models], marker="o", label="evaluation responses")

@@ -31,6 +31,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         compare,
         model_num_tokens=[n for row in rows for n in row["num_tokens"]],
         baseline_num_tokens=[n for row in baseline for n in row["num_tokens"]],
+        model_finished=[f for row in rows for f in row["finished"]],
+        baseline_finished=[f for row in baseline for f in row["finished"]],
     )
     stage = ctx.stage
     metrics.update(
