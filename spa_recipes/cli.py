@@ -1,4 +1,5 @@
-"""The `spa-recipe` command line. Exit codes: 0 success, 2 user error, 1 internal error, 75 `run` stopped by SIGTERM
+"""The `spa-recipe` command line. Exit codes: 0 success, 2 user error, 1 internal error, 3 `plan`: a stage does not
+fit, 75 `run` stopped by SIGTERM
 or Ctrl-C at a step or shard boundary (EX_TEMPFAIL: run the same command to continue), 130 Ctrl-C elsewhere
 (and 128 + signal after a second SIGTERM or Ctrl-C during a run, which stops it at once)."""
 
@@ -235,6 +236,67 @@ def rehearse(
             progress=progress,
             say=typer.echo,
         )
+
+
+@app.command()
+def plan(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    gpus: Annotated[int, typer.Option("--gpus", min=1, help="GPUs a node")] = 1,
+    gpu_memory: Annotated[str, typer.Option("--gpu-memory", help="memory of one GPU, e.g. 80GB, 141GB")] = "80GB",
+    nodes: Annotated[int, typer.Option("--nodes", min=1, help="nodes")] = 1,
+    parallelism: Annotated[
+        str | None,
+        typer.Option("--parallelism", help="single, ddp or fsdp2 (default: fsdp2 over several GPUs, else single)"),
+    ] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="this machine's CPU in float32 (what a CPU run holds)")] = False,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="--cpu: memory to fit in (default: this machine's)")
+    ] = None,
+    utilisation: Annotated[
+        float, typer.Option("--utilisation", min=0.01, max=1.0, help="share of the peak FLOP/s reached")
+    ] = 0.4,
+    peak_tflops: Annotated[
+        float, typer.Option("--peak-tflops", min=0.001, help="peak 16-bit TFLOP/s of one GPU (H100/H200: 989)")
+    ] = 989.0,
+    as_json: Annotated[bool, typer.Option("--json", help="the plan as JSON, for scripts")] = False,
+    allow_import: AllowImportOpt = None,
+) -> None:
+    """Memory a device needs per stage and whether it fits, each stage's time, the run's GPU-hours; before renting.
+
+    Reads only the model's config.json (a folder, the Hugging Face cache, or the hub). A stage that does not fit
+    is named with its largest term and the changes that would make it fit. Exit 0 when every stage fits, 3 if not.
+    """
+    with _guard():
+        from spa_recipes.planning import Hardware, make_plan, parse_size, render, this_machine_memory
+        from spa_recipes.recipe import load_recipe
+
+        chosen = parallelism or ("fsdp2" if gpus * nodes > 1 and not cpu else "single")
+        if chosen not in ("single", "ddp", "fsdp2"):
+            raise UserError(f"--parallelism {chosen}: choose single, ddp or fsdp2")
+        if chosen == "single" and gpus * nodes > 1:
+            raise UserError(f"--parallelism single with {gpus * nodes} GPUs: choose ddp or fsdp2")
+        processes = 1 if cpu else gpus * nodes
+        loaded = load_recipe(recipe, overrides or [], allow_import=allow_import or [], num_processes=processes)
+        size = parse_size(memory, "--memory") if memory else this_machine_memory() if cpu else None
+        hardware = Hardware(
+            gpus=1 if cpu else gpus,
+            nodes=1 if cpu else nodes,
+            memory=size if size is not None else parse_size(gpu_memory, "--gpu-memory"),
+            parallelism="single" if cpu else chosen,
+            cpu=cpu,
+            peak_tflops=peak_tflops,
+            utilisation=utilisation,
+        )
+        made = make_plan(loaded, hardware, recipe_name=str(recipe))
+        if as_json:
+            from spa_recipes.atomic import dumps_json
+
+            typer.echo(dumps_json(made.to_json(), indent=1))
+        else:
+            typer.echo(render(made))
+    if not made.fits:
+        raise typer.Exit(3)
 
 
 @app.command()

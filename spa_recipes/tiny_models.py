@@ -84,13 +84,19 @@ class NotOnThisMachine(UserError):
     """A hub model or file that is neither in a folder nor in the local cache, with no hub to fetch it from."""
 
 
-def from_pretrained(loader: Callable[..., Any], name: str, key: str) -> Any:
+def from_pretrained(
+    loader: Callable[..., Any],
+    name: str,
+    key: str,
+    needs: str = "rehearse needs only its config.json and tokenizer files",
+) -> Any:
     """``loader(name)`` from a local folder, the local HF cache, or the hub when it can be reached.
 
     Args:
         loader: a ``from_pretrained`` (``AutoConfig.from_pretrained``, ``AutoTokenizer.from_pretrained``, ...).
         name: a folder or a hub id.
         key: the recipe key that names it, for messages.
+        needs: what the command needs of the model, said when it is not here.
 
     Returns:
         What the loader returns.
@@ -117,7 +123,7 @@ def from_pretrained(loader: Callable[..., Any], name: str, key: str) -> Any:
             raise UserError(f"{key} '{name}': {first_line(exc)}") from None
     raise NotOnThisMachine(
         f"{key} '{name}': not on this machine (not a folder, not in the Hugging Face cache) and the hub cannot be "
-        f"reached; rehearse needs only its config.json and tokenizer files: run `hf download {name} --include "
+        f"reached; {needs}: run `hf download {name} --include "
         f"{FETCH_PATTERNS}` where the hub is reachable (it fills ~/.cache/huggingface/hub; copy that here), or "
         f"give a folder that holds them: {key}=/path/to/folder"
     )

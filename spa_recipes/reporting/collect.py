@@ -34,6 +34,8 @@ class RunData:
         generation: per iteration, the summary of its generate stage (mean_words, mean_tokens, eos_rate, ...).
         baseline_stats: the summary of ``eval_baseline`` (the baseline's responses), when it ran.
         stage_seconds: (stage, seconds) of every finished stage, in execution order.
+        stage_peaks: per finished stage, its peak memory in MiB (``peak_rss_mib``, ``peak_gpu_mib``) where the
+            manifest has it (:mod:`spa_recipes.runner.peak_memory`).
         notes: things the report should say about missing pieces.
     """
 
@@ -45,6 +47,7 @@ class RunData:
     generation: dict[int, dict[str, Any]] = field(default_factory=dict)
     baseline_stats: dict[str, Any] | None = None
     stage_seconds: list[tuple[str, float]] = field(default_factory=list)
+    stage_peaks: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -102,6 +105,7 @@ def collect_run(run_dir: Path | str, stage_names: list[str] | None = None) -> Ru
         entry = manifest[stage]
         kind, iteration = entry.get("kind"), int(entry.get("iteration") or 0)
         data.stage_seconds.append((stage, float(entry.get("seconds") or 0.0)))
+        data.stage_peaks[stage] = {k: entry[k] for k in ("peak_rss_mib", "peak_gpu_mib") if entry.get(k) is not None}
         metrics = run_dir / stage / "work" / "metrics.jsonl"
         if metrics.is_file():
             data.training[stage] = _read_rows(metrics)

@@ -185,11 +185,26 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
 
     total = max(data.total_seconds, 1e-9)
     lines += ["", "## Time per stage", ""]
-    lines += _table(
-        ["stage", "seconds", "share"], [[s, f"{t:.1f}", f"{100 * t / total:.0f}%"] for s, t in data.stage_seconds]
-    )
+    peaks = data.stage_peaks
+    gpu = any("peak_gpu_mib" in p for p in peaks.values())
+    header = ["stage", "seconds", "share", "peak RSS MiB", *(["peak GPU MiB"] if gpu else [])]
+    rows = [
+        [
+            s,
+            f"{t:.1f}",
+            f"{100 * t / total:.0f}%",
+            *(_mib(peaks.get(s, {}).get(k)) for k in ("peak_rss_mib", *(["peak_gpu_mib"] if gpu else []))),
+        ]
+        for s, t in data.stage_seconds
+    ]
+    lines += _table(header, rows)
+    lines += ["", "Peak memory: the main process's, over the stage (resident set; GPU: tensors allocated)."]
     lines += _image("stage_times", plots, base)
     return "\n".join(lines) + "\n"
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def truncation_section(results: dict[str, Any]) -> list[str]:

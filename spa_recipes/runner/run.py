@@ -3,7 +3,7 @@
 Run directory layout::
 
     runs/<name>/recipe.yaml      the resolved recipe (every default)
-    runs/<name>/manifest.json    per stage: fingerprint, status, times, summary
+    runs/<name>/manifest.json    per stage: fingerprint, status, times, peak memory, summary
     runs/<name>/metrics.jsonl    one line per finished stage (its summary), from the jsonl logger
     runs/<name>/run.log          the log of every invocation
     runs/<name>/<stage>/         one folder per stage; `.fingerprint` when started, `.complete` when finished
@@ -56,6 +56,7 @@ from spa_recipes.runner.clean import remove, scratch_paths
 from spa_recipes.runner.graph import build_graph
 from spa_recipes.runner.lock import LOCK_FILE, RunDirLocked
 from spa_recipes.runner.lock import acquire as acquire_lock
+from spa_recipes.runner.peak_memory import StagePeak
 from spa_recipes.runner.stage import Stage, StageContext, build_component
 from spa_recipes.schema import Recipe
 
@@ -243,6 +244,7 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any], ran: set
     _say(f"> {stage.name}{' (resuming)' if resumed else ''}")
     barrier()  # the stage folder is ready before any process writes into it
     summary: dict[str, Any] = {}
+    peak = StagePeak()  # this process's peak memory from here to the stage's end (runner/peak_memory.py)
     try:
         if main or stage.kind.collective:
             summary = stage.kind.run(ctx.context_for(stage)) or {}
@@ -256,6 +258,7 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any], ran: set
     if not main:
         return
     seconds = round(time.time() - started, 2)
+    peaks = peak.read()
     write_text_atomic(out / MARKER, "", f"{stage.name}'s completion marker")
     manifest["stages"][stage.name] = {
         **_identity(stage),
@@ -263,6 +266,7 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any], ran: set
         "started": started,
         "finished": time.time(),
         "seconds": seconds,
+        **peaks,
         "summary": summary,
         "outputs": checksum_outputs(out, stage.kind),
     }
@@ -272,7 +276,8 @@ def _run_stage(ctx: RunContext, stage: Stage, manifest: dict[str, Any], ran: set
     for logger in ctx.loggers:
         logger.log_stage(StageInfo(stage.name, stage.kind.name, stage.iteration), seconds, summary)
     shown = ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if not isinstance(v, dict | list))
-    _say(f"  {stage.name} done in {seconds:.1f}s{': ' + shown if shown else ''}")
+    memory = f", peak {peaks['peak_rss_mib']:.0f} MiB resident" if "peak_rss_mib" in peaks else ""
+    _say(f"  {stage.name} done in {seconds:.1f}s{memory}{': ' + shown if shown else ''}")
 
 
 def _free_scratch(stage: Stage, out: Path) -> None:
