@@ -38,6 +38,8 @@ WORLDS = {
         "spa_length_regularized": ("recipes/tiny_spa.yaml", LENGTH_REGULARIZED),
         "spa_length_controlled": ("recipes/tiny_spa.yaml", LENGTH_CONTROLLED),
         "dice": ("recipes/tiny/dice.yaml", []),
+        # DICE's replay rule caps an iteration at |seed| (1 - gamma) generated pairs: here all 500, plus 50 replayed.
+        "dice_uncapped": ("recipes/tiny/dice.yaml", ["data_mixer.cap_generated=false"]),
         "cream": ("recipes/tiny/cream.yaml", []),
         "self_rewarding": ("recipes/tiny/self_rewarding.yaml", []),
         "spin": ("recipes/tiny/spin.yaml", []),

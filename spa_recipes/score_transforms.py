@@ -77,7 +77,7 @@ class LengthRegularized:
             steps = int(round(self.cfg.alpha_max / self.cfg.alpha_step))
             best = (abs(before), 0.0)
             for k in range(1, steps + 1):
-                alpha = k * self.cfg.alpha_step
+                alpha = round(k * self.cfg.alpha_step, 12)  # 6e-05, not 6.000000000000001e-05, in the summary
                 gap = abs(length_gap(select(_penalised(rows, lengths, alpha)), gap_unit))
                 if gap < best[0]:
                     best = (gap, alpha)

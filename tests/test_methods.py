@@ -23,6 +23,8 @@ from spa_recipes.refiners_config import ConsistencyRefinerConfig
 from spa_recipes.runner.graph import build_graph
 from spa_recipes.score_transforms import LengthNormalized, LengthRegularized
 from spa_recipes.score_transforms_config import LengthNormalizedConfig, LengthRegularizedConfig
+from spa_recipes.toyworld.config import ToyWorldConfig
+from spa_recipes.toyworld.world import ToyWorld
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = [{"role": "user", "content": "w1"}]
@@ -191,20 +193,22 @@ def test_method_recipes_validate(method: str) -> None:
         assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("method", ["dice", "cream", "self_rewarding"])
+@pytest.mark.parametrize("method", ["dice", "cream", "self_rewarding", "spin"])
 def test_tiny_method_runs_shrunk(method: str, reference_run: Path, tmp_path: Path) -> None:
     """Each method from its tiny recipe, continuing a copy of the shrunk SPA run (split, sft, seed DPO are shared)."""
     run_dir = tmp_path / "t"
     shutil.copytree(reference_run, run_dir)
-    shrunk = [o for o in SHRUNK if not o.startswith("noise_detector.")]  # these methods have no noise detector
+    # These methods have no noise detector; SPIN has no seed DPO (training.seed.epochs=1 would bring it back).
+    dropped = ("noise_detector.", "training.seed.") if method == "spin" else ("noise_detector.",)
+    shrunk = [o for o in SHRUNK if not o.startswith(dropped)]
     result = spa(
         "run", str(ROOT / "recipes/tiny" / f"{method}.yaml"), *shrunk, f"run.output_dir={tmp_path}", "run.name=t",
         "--no-progress",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "> seed_dpo" not in result.stdout  # shared with the SPA run, so not run again
+    assert "> seed_dpo" not in result.stdout and "> sft" not in result.stdout  # shared with the SPA run
     results = json.loads((run_dir / "results.json").read_text())
-    assert [m["iteration"] for m in results["models"]] == [0, 1, 2]
+    assert [m["iteration"] for m in results["models"]] == ([1, 2] if method == "spin" else [0, 1, 2])
     manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
     if method == "dice":
         assert manifest["iter2_pairs"]["summary"]["score_transform_alpha"] >= 0.0
@@ -216,3 +220,9 @@ def test_tiny_method_runs_shrunk(method: str, reference_run: Path, tmp_path: Pat
     if method == "self_rewarding":
         scored = read_jsonl(run_dir / "iter1_judge" / "scores.jsonl")
         assert {len(row["scores"]) for row in scored} == {4}
+    if method == "spin":  # chosen = the prompt's demonstration, as the world drew it
+        world = {
+            r["id"]: r["demonstration"] for r in ToyWorld(ToyWorldConfig(num_prompts=200, sft_demonstrations=0)).rows()
+        }
+        pairs = read_jsonl(run_dir / "iter1_pairs" / "pairs.jsonl")
+        assert pairs and all(p["chosen"] == world[p["id"]] and p["chosen_index"] == -1 for p in pairs)

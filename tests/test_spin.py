@@ -4,9 +4,6 @@ selector, the validation error without demonstrations, and one shrunk real run o
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -177,60 +174,3 @@ def test_selector_needs_a_source_with_demonstrations(tmp_path: Path) -> None:
 
 
 # A real run ---------------------------------------------------------------------------------------------
-
-
-def _random_toy_model(folder: Path) -> Path:
-    """A random-init tiny Llama over the toy world's tokenizer, saved (pi_init: SPIN needs no trained one here)."""
-    import torch
-
-    from spa_recipes.api import ModelContext
-    from spa_recipes.toyworld.config import TinyLlamaConfig
-    from spa_recipes.toyworld.model import build_tiny_llama
-    from spa_recipes.toyworld.world import build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    build_tiny_llama(TinyLlamaConfig(hidden_size=32, num_layers=1), ModelContext(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def test_spin_run_on_the_toy_world(tmp_path: Path) -> None:
-    model = _random_toy_model(tmp_path / "pi_init")
-    overrides = [
-        f"models.sft={model}",
-        "~training.sft",
-        "~training.seed",
-        "evaluation.evaluator=null",
-        "data.num_prompts=60",
-        "split.seed_size=4",
-        "split.prompts_per_iteration=16",
-        "split.eval_holdout=0",
-        "iterations=1",
-        "noise_detector.lambda=[0.5]",
-        "generation.max_new_tokens=8",
-        "judge.name=none",
-        "pair_selector.name=demonstration",
-        "training.iteration.batch_size=8",
-        f"run.output_dir={tmp_path}",
-        "run.name=spin",
-    ]
-    result = subprocess.run(
-        [sys.executable, "-m", "spa_recipes", "run", str(TINY), *overrides, "--no-progress"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ),
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "spin"
-    prompts = [json.loads(line) for line in (run / "split" / "prompts_1.jsonl").read_text().splitlines()]
-    demonstrations = {p["id"]: p["demonstration"] for p in prompts}
-    world = {r["id"]: r["demonstration"] for r in ToyWorld(ToyWorldConfig(num_prompts=60, sft_demonstrations=0)).rows()}
-    assert all(world[i] == d for i, d in demonstrations.items())
-    scores = [json.loads(line) for line in (run / "iter1_judge" / "scores.jsonl").read_text().splitlines()]
-    assert all(row["demonstration"] == demonstrations[row["id"]] for row in scores)
-    pairs = [json.loads(line) for line in (run / "iter1_pairs" / "pairs.jsonl").read_text().splitlines()]
-    assert pairs and all(p["chosen"] == demonstrations[p["id"]] and p["chosen_index"] == -1 for p in pairs)
-    assert (run / "iter1_train").is_dir()
