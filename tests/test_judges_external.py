@@ -27,6 +27,7 @@ from spa_recipes.judges.pairrm import MARKERS, PairRMJudge, load_pairrm
 from spa_recipes.judges.pairwise import judge_pairwise, pairwise_stats
 from spa_recipes.judges.reward_model import RewardModelJudge
 from spa_recipes.pairs import MinMaxSelector
+from spa_recipes.pairs_config import PairSelectorConfig
 from spa_recipes.registry import get_registry
 from spa_recipes.schema import TrainingSection
 from spa_recipes.training.checkpoints import list_checkpoints
@@ -90,7 +91,7 @@ def test_invalid_judgements_never_become_preferences() -> None:
     stats = pairwise_stats(judged)
     assert stats["invalid_comparisons"] == 2 and stats["invalid_responses"] == 4
     assert stats["order_disagreement_rate"] == 1.0  # of the one judged row, which disagreed (0.7 vs 0.3)
-    pairs, counts = MinMaxSelector(type("Cfg", (), {"drop_identical": True, "ties": "keep"})()).select(judged, 0)
+    pairs, counts = MinMaxSelector(PairSelectorConfig(drop_identical=True, ties="keep")).select(judged, 0)
     assert [p["id"] for p in pairs] == ["r2"] and counts["dropped_invalid"] == 2
 
 
