@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tiny_world_table import fmt  # benchmarks/ is on sys.path when a script in it runs
 
 ROOT = Path(__file__).resolve().parent.parent
 # The length-regularised judge on SPA: DICE's score transform, SPA's everything else (a small model's alpha grid).
@@ -87,13 +88,6 @@ def read(run_dir: Path) -> tuple[list[dict], float]:
         for m in results["models"]
     ]
     return rows, sum(stage.get("seconds") or 0.0 for stage in manifest.values())
-
-
-def fmt(values: list[float | None], digits: int = 1) -> str:
-    if not values or any(v is None for v in values):
-        return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
 def main() -> None:

@@ -55,11 +55,12 @@ def run(recipe: str, seed: int, out: Path, start_from: Path | None = None) -> tu
     return json.loads((out / name / "results.json").read_text()), time.time() - started
 
 
-def fmt(values: list[float]) -> str:
+def fmt(values: list[float | None], digits: int = 1) -> str:
+    """Mean ± sample standard deviation ("-" when a value is missing)."""
     if not values or any(v is None for v in values):
         return "-"
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
+    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
 def main() -> None:
