@@ -28,12 +28,16 @@ class NoTransform:
         return rows, {}
 
 
+def text_length(text: str, unit: str) -> int:
+    """|y| of a text: characters or words."""
+    return len(text) if unit == "chars" else len(text.split())
+
+
 def response_length(row: Row, index: int, unit: str) -> int:
     """|y| of a row's response ``index``: characters, words, or generated tokens (EOS included)."""
     if unit == "tokens":
         return int(row["num_tokens"][index])
-    text = row["responses"][index]
-    return len(text) if unit == "chars" else len(text.split())
+    return text_length(row["responses"][index], unit)
 
 
 def _penalised(rows: list[Row], lengths: list[list[int]], alpha: float) -> list[Row]:
@@ -50,11 +54,7 @@ def length_gap(pairs: list[Row], unit: str) -> float:
     """Mean |chosen| - mean |rejected| over ``pairs`` (0 when there are none)."""
     if not pairs:
         return 0.0
-
-    def size(text: str) -> int:
-        return len(text) if unit == "chars" else len(text.split())
-
-    return sum(size(p["chosen"]) - size(p["rejected"]) for p in pairs) / len(pairs)
+    return sum(text_length(p["chosen"], unit) - text_length(p["rejected"], unit) for p in pairs) / len(pairs)
 
 
 class LengthRegularized:
