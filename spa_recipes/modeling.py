@@ -38,17 +38,43 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
 
 
 def load_model(
-    path: str, dtype: str = "auto", device: torch.device | str | None = None, trust_remote_code: bool = False
+    path: str,
+    dtype: str = "auto",
+    device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
 ) -> Any:
-    """A causal LM from a hub id or a ``save_pretrained`` folder, in eval mode."""
+    """A causal LM from a hub id or a ``save_pretrained`` folder, in eval mode.
+
+    A folder holding only a LoRA adapter (``models.adapter.save: adapter``) is its starting model with the adapter
+    merged in (:func:`spa_recipes.adapters.load_merged`). ``load_in_4bit``: the weights in 4-bit NF4 through
+    bitsandbytes (QLoRA's frozen base; CUDA only), computing in ``dtype``.
+    """
     from transformers import AutoModelForCausalLM
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load model '{path}': {str(exc).splitlines()[0]}") from exc
+    if (Path(path) / "adapter_config.json").is_file():
+        from spa_recipes.adapters import load_merged
+
+        def load_base(base: str, base_dtype: str) -> Any:
+            return load_model(base, base_dtype, trust_remote_code=trust_remote_code)
+
+        model = load_merged(path, dtype, load_base)
+    else:
+        extra: dict[str, Any] = {}
+        if load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            compute = resolve_dtype(dtype)
+            extra["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+            )
+            extra["device_map"] = {"": torch.cuda.current_device()}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, **extra
+            )
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load model '{path}': {str(exc).splitlines()[0]}") from exc
     if device is not None:
         model.to(device)
     return model.eval()

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from spa_recipes.adapters_config import LoraAdapterConfig
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
@@ -73,6 +75,11 @@ class ModelsSection(Section):
         "(DPO reference, judges, generation) load in it and trained models are saved in it; with a 16-bit dtype "
         "a model in training keeps float32 master weights and AdamW state (16 bytes a parameter) and computes "
         "its forward and backward in the 16-bit type (mixed precision)",
+    )
+    adapter: LoraAdapterConfig | None = Field(
+        None,
+        description="train seed DPO and each iteration through a fresh LoRA adapter on the stage's starting model "
+        "(frozen, in dtype; the DPO reference is it with the adapter disabled); null: full fine-tuning",
     )
 
     @field_validator("sft")

@@ -20,6 +20,6 @@ KIND = StageKind(
     inputs=("pairs", "policy", "reference"),
     outputs=TRAINING_OUTPUTS,
     scratch=("checkpoints",),
-    reads=("training.seed", "loss", "models.dtype", "run.seed"),
+    reads=("training.seed", "loss", "models.dtype", "models.adapter", "run.seed"),
     collective=True,
 )

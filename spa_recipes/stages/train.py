@@ -43,7 +43,7 @@ KIND = StageKind(
     inputs=("pairs", "policy", "reference"),
     outputs=TRAINING_OUTPUTS,
     scratch=("checkpoints",),
-    reads=("training.iteration", "loss", "noise_detector", "refiner", "models.dtype", "run.seed"),
+    reads=("training.iteration", "loss", "noise_detector", "refiner", "models.dtype", "models.adapter", "run.seed"),
     per_iteration=("noise_detector.lambda",),
     collective=True,
 )
@@ -68,6 +68,7 @@ def train_on(ctx: StageContext, pairs: list[dict[str, Any]], training: Any, **no
         loss=ctx.build(ctx.recipe.loss, "loss"),
         seed=ctx.seed,
         dtype=ctx.recipe.models.dtype,
+        adapter=ctx.recipe.models.adapter,
         description=ctx.stage.name,
         **noise,
     )

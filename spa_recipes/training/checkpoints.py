@@ -50,11 +50,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _gathered() -> Any:
-    """Full (unsharded) tensors on the CPU of the main process; nothing on the others."""
+def _gathered(trained_only: bool = False) -> Any:
+    """Full (unsharded) tensors on the CPU of the main process; nothing on the others. ``trained_only``: without the
+    frozen parameters (an adapted model's base, which the run reloads from its starting model)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trained_only)
+
+
+def _has_frozen(model: torch.nn.Module) -> bool:
+    return any(not p.requires_grad for p in model.parameters())
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -96,11 +101,11 @@ def save_checkpoint(
     Every process must call it (per-process states are gathered to the main process, which writes).
     """
     from accelerate.utils import gather_object
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     process_state = {"rng": rng_state(), **{name: obj.state_dict() for name, obj in stateful.items()}}
     states = gather_object([process_state]) if accelerator.num_processes > 1 else [process_state]
-    model_state = full_state_dict(model)
+    model_state = get_model_state_dict(model, options=_gathered(trained_only=_has_frozen(model)))
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=_gathered())
     if accelerator.is_main_process:
         with atomic_dir(work_dir / CHECKPOINTS / f"step-{step}", "training checkpoint") as tmp:
@@ -146,7 +151,8 @@ def load_checkpoint(
 
     # The main process reads the full tensors and sends each process its shard; the others read nothing.
     spread = accelerator.num_processes > 1
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=spread)
+    # An adapted model's checkpoint holds the adapter only: its frozen base is missing on purpose.
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=spread, strict=not _has_frozen(model))
 
     def read(name: str) -> dict[str, Any]:
         if spread and not accelerator.is_main_process:

@@ -74,8 +74,15 @@ def float32_master_weights(model: torch.nn.Module) -> None:
 
     At lr 5e-7 an AdamW update is below bf16's resolution for almost every weight; the forward and backward
     still run in 16 bits under the accelerator's autocast (see :func:`make_accelerator`).
+    The frozen weights of an adapted model (:mod:`spa_recipes.adapters`) stay as they are: only what trains needs
+    master weights.
     """
-    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if len(trained) < len(list(model.parameters())):
+        for p in trained:
+            if p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
+    elif any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
         model.float()
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from spa_recipes.adapters import adapter_disabled, base_of, load_policy, reference_from_policy, save_policy
+from spa_recipes.adapters_config import LoraAdapterConfig
 from spa_recipes.atomic import loads_json, write_json_atomic
 from spa_recipes.errors import DataError
 from spa_recipes.loss import DPOLoss, extrapolated_sequence_logps
@@ -35,7 +37,7 @@ from spa_recipes.sequences import (
     shift_for_logps,
     takes_logits_to_keep,
 )
-from spa_recipes.training.loop import MicroBatch, read_metrics, run_training_loop, save_trained
+from spa_recipes.training.loop import MicroBatch, read_metrics, run_training_loop
 from spa_recipes.training.optimization import make_accelerator, parallelism
 
 REF_LOGPS_CACHE = "ref_logps.json"
@@ -163,6 +165,7 @@ def train_preference(
     progress: bool = True,
     stop_after: int | None = None,
     description: str = "dpo",
+    adapter: LoraAdapterConfig | None = None,
 ) -> dict[str, Any]:
     """Train a policy with (SPA-refined) DPO and save it to ``output_dir``.
 
@@ -188,6 +191,9 @@ def train_preference(
         progress: tqdm bar.
         description: label of the progress lines (the runner passes the stage name).
         stop_after: stop after this many optimiser steps, leaving a checkpoint to resume from.
+        adapter: the recipe's ``models.adapter``: train a fresh LoRA adapter on the frozen starting model
+            (:mod:`spa_recipes.adapters`); the reference, when it is the starting model, is the policy with the
+            adapter disabled. None: full fine-tuning.
 
     Returns:
         Summary: ``steps``, ``total_steps``, ``final_loss``, ``mean_flagged_fraction``, ``final_reward_accuracy``,
@@ -202,15 +208,18 @@ def train_preference(
     tokenizer = load_tokenizer(policy_path)
     pad_id = _pad_id(tokenizer)
     chosen, rejected = encode_pairs(pairs, tokenizer, training)
-    policy = load_model(policy_path, "float32")  # float32 master weights; computes in `dtype` under autocast
+    policy = load_policy(policy_path, dtype, adapter, seed)  # adapters: float32 master weights of what trains
     extrapolate = noise_detector.confidence == "extrapolated" and lam != 0
     beta = loss.beta
 
     ref_model = None
     ref_table: torch.Tensor | None = None
     if extrapolate:
-        ref_model = load_model(reference_path, dtype, accelerator.device)
-        ref_model.requires_grad_(False)
+        # adapters: the policy with its adapter disabled, when the reference is the starting model
+        ref_model = reference_from_policy(policy, policy_path, reference_path)
+        if ref_model is None:
+            ref_model = load_model(reference_path, dtype, accelerator.device)
+            ref_model.requires_grad_(False)
     elif ref_logps is not None:
         missing = [str(row["id"]) for row in pairs if str(row["id"]) not in ref_logps]
         if missing:
@@ -218,22 +227,23 @@ def train_preference(
         ref_table = torch.tensor([list(ref_logps[str(row["id"])]) for row in pairs], dtype=torch.float32)
     else:
         work_dir.mkdir(parents=True, exist_ok=True)
-        ref_table = _precomputed_reference(
-            pairs,
-            chosen,
-            rejected,
-            policy=policy,
-            policy_path=policy_path,
-            reference_path=reference_path,
-            dtype=dtype,
-            pad_id=pad_id,
-            batch_size=training.batch_size,
-            accelerator=accelerator,
-            work_dir=work_dir,
-        )
+        with adapter_disabled(policy):  # adapters: the starting model
+            ref_table = _precomputed_reference(
+                pairs,
+                chosen,
+                rejected,
+                policy=policy,
+                policy_path=policy_path,
+                reference_path=reference_path,
+                dtype=dtype,
+                pad_id=pad_id,
+                batch_size=training.batch_size,
+                accelerator=accelerator,
+                work_dir=work_dir,
+            )
     ids = [str(row["id"]) for row in pairs]
 
-    trims = takes_logits_to_keep(policy) and (ref_model is None or takes_logits_to_keep(ref_model))
+    trims = takes_logits_to_keep(base_of(policy)) and (ref_model is None or takes_logits_to_keep(ref_model))
 
     def forward(
         model: Any, rows: list[Encoded], with_reference: bool
@@ -348,7 +358,7 @@ def train_preference(
         begin_step=begin_step,
     )
     ref_model = None  # free the reference before saving
-    save_trained(accelerator, result, tokenizer, output_dir, dtype)
+    save_policy(accelerator, result, tokenizer, output_dir, dtype, adapter, policy_path)  # adapters: merged or not
     rows = read_metrics(work_dir)
     return {
         "steps": result.steps,
