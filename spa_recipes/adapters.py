@@ -82,6 +82,22 @@ def check_target_modules(model: torch.nn.Module, adapter: LoraAdapterConfig) -> 
         )
 
 
+def check_target_modules_of(path: str, adapter: LoraAdapterConfig) -> None:
+    """:func:`check_target_modules` against the model at ``path``, built from its config on the meta device (no
+    weights are read): for ``spa-recipe validate``.
+
+    Raises:
+        UserError: a target module that the model does not have.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if adapter.target_modules == "all-linear":
+        return
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    check_target_modules(model, adapter)
+
+
 def add_adapter(model: torch.nn.Module, adapter: LoraAdapterConfig, seed: int = 0) -> Any:
     """``model`` (frozen) with a fresh LoRA adapter: a ``PeftModel`` whose only trainable weights are the adapter's.
 

@@ -164,3 +164,77 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "spa_recipes", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
     )
+
+
+def test_cli_refuses_qlora_on_a_machine_without_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks the message on a machine without CUDA")
+    result = _cli("validate", "recipes/tiny_spa.yaml", "models.adapter.name=lora", "models.adapter.load_in_4bit=true")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: models.adapter.load_in_4bit: QLoRA (a 4-bit base through bitsandbytes) needs a CUDA GPU; this "
+        "machine has none: set it to false (LoRA on a base in models.dtype)"
+    ]
+
+
+def test_cli_names_a_target_module_the_model_lacks(tiny: str, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"extends: {ROOT / 'recipes' / 'smollm2_spa_cpu.yaml'}\n"
+        f"models: {{sft: {tiny}, adapter: {{name: lora, target_modules: [q_proj, c_attn]}}}}\n"
+    )
+    result = _cli("validate", str(recipe))
+    assert result.returncode == 2, result.stderr
+    assert "models.adapter.target_modules: c_attn not among the linear layers of LlamaForCausalLM" in result.stderr
+
+
+# The tiny recipe, shrunk: one iteration, DND on, enough learning rate for a LoRA adapter to move in a few steps.
+LORA_RUN = [
+    "models.base.hidden_size=64",
+    "models.base.num_layers=2",
+    "models.base.intermediate_size=172",
+    "data.num_prompts=200",
+    "data.sft_demonstrations=600",
+    "split.seed_size=16",
+    "split.prompts_per_iteration=48",
+    "split.eval_holdout=24",
+    "iterations=1",
+    "noise_detector.lambda=[0.5]",
+    "generation.max_new_tokens=16",
+    "training.sft.epochs=1",
+    "training.seed.epochs=2",
+    "training.seed.batch_size=4",  # per process: 2 processes x 4
+    "training.seed.learning_rate=2e-3",
+    "training.iteration.batch_size=4",
+    "training.iteration.learning_rate=2e-3",
+    "evaluation.samples_per_prompt=1",
+    "models.adapter.name=lora",
+    "models.adapter.r=4",
+]
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp2"])
+def test_lora_runs_under_ddp_and_fsdp2(tmp_path: Path, parallelism: str) -> None:
+    if parallelism == "ddp":
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "spa_recipes"]
+    else:
+        config = ROOT / "configs" / "accelerate" / "fsdp.yaml"
+        accelerate = ["-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2"]
+        launcher = [*accelerate, "--mixed_precision", "no", str(ROOT / "tests" / "fsdp_on_cpu.py")]
+    args = ["run", "recipes/tiny_spa.yaml", *LORA_RUN, f"run.output_dir={tmp_path}", "run.name=t", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, *launcher, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "t"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    sft = weights(run_dir / "sft" / "model")
+    for stage, start in (("seed_dpo", sft), ("iter1_train", weights(run_dir / "seed_dpo" / "model"))):
+        summary = manifest["stages"][stage]["summary"]
+        assert summary["parallelism"] == parallelism and summary["steps"] == summary["total_steps"] > 0, stage
+        trained = weights(run_dir / stage / "model")  # merged: a plain model, loaded as any other
+        assert trained.keys() == start.keys()
+        changed = {k for k in trained if not torch.equal(trained[k], start[k])}
+        assert any("q_proj" in k for k in changed), stage  # all-linear: the attention and MLP layers moved
+        assert not any("embed" in k or "norm" in k for k in changed), stage  # nothing else did

@@ -9,12 +9,13 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from spa_recipes.api import DEMONSTRATIONS, EXTRAPOLATION, PROMPT_DEMONSTRATIONS, offers
-from spa_recipes.errors import RecipeError
+from spa_recipes.errors import RecipeError, UserError
 from spa_recipes.recipe.layers import Sources
 from spa_recipes.recipe.messages import format_errors, suggest
 from spa_recipes.registry import Registry, get_registry
@@ -127,6 +128,7 @@ def _cross_checks(recipe: Recipe, num_processes: int) -> list[str]:
     if sft_stage and not offers(recipe.data.args, DEMONSTRATIONS):
         problems.append(f"training.sft: data source '{recipe.data.name}' has no demonstrations for an sft stage")
     problems += _prompt_demonstrations(recipe)
+    problems += _adapter(recipe)
     if recipe.iterations > 0 and recipe.training.seed is None and recipe.judge.name == "implicit":
         ref = recipe.judge.args.reference
         if ref == "sft":
@@ -134,6 +136,34 @@ def _cross_checks(recipe: Recipe, num_processes: int) -> list[str]:
                 "judge.reference: 'sft' with no seed stage makes the first iteration's policy equal its reference "
                 "(every reward is 0); set training.seed or judge.reference"
             )
+    return problems
+
+
+def _adapter(recipe: Recipe) -> list[str]:
+    """``models.adapter``: PEFT installed, QLoRA only on CUDA, adapter-only models only for HF generation, and
+    target modules the model has (checked on its config when ``models.sft`` is a local folder)."""
+    adapter = recipe.models.adapter
+    if adapter is None:
+        return []
+    if importlib.util.find_spec("peft") is None:
+        return [
+            "models.adapter: needs PEFT, the optional extra `lora`: pip install -c constraints.txt 'spa-recipes[lora]'"
+        ]
+    problems = []
+    if adapter.save == "adapter" and recipe.generation.name == "vllm":
+        problems.append(
+            "models.adapter.save: 'adapter' writes adapter-only models, which generation 'vllm' does not load; "
+            "use save: merged"
+        )
+    from spa_recipes.adapters import check_target_modules_of, require_cuda_for_4bit  # torch: only with an adapter
+
+    sft = recipe.models.sft
+    try:
+        require_cuda_for_4bit(adapter)
+        if sft is not None and (Path(sft).expanduser() / "config.json").is_file():
+            check_target_modules_of(sft, adapter)
+    except UserError as exc:
+        problems += exc.problems
     return problems
 
 
