@@ -138,6 +138,21 @@ def test_every_gpu_preset_rehearses(recipe_file: str, hub: dict[str, Path], tmp_
     check_rehearsal(outcome.plan.run_dir, recipe_file, model_class)
 
 
+def test_the_one_gpu_lora_preset_rehearses(hub: dict[str, Path], tmp_path: Path) -> None:
+    """LoRA on a bf16 base: adapters trained, reference with the adapter disabled, merged bf16 models saved. Its
+    8 accumulation steps would need ~1,900 rows at 2 optimiser steps a stage: one step of 4 pairs here."""
+    accumulation = [f"training.{s}.gradient_accumulation_steps=1" for s in ("seed", "iteration")]
+    outcome = rehearse(
+        RECIPES / "llama3_spa_lora_1gpu.yaml",
+        [f"models.sft={hub['llama3']}", f"data.path={hub['data']}", f"run.output_dir={tmp_path}", *accumulation],
+        progress=False,
+        say=lambda line: None,
+    )
+    assert outcome.verdict.startswith("rehearsal passed: all "), outcome.verdict
+    assert outcome.plan.recipe.models.adapter.r == 128
+    check_rehearsal(outcome.plan.run_dir, "llama3_spa_lora_1gpu.yaml", "LlamaForCausalLM")
+
+
 def test_rehearsal_keeps_the_recipe_and_scales_only_what_it_says(hub: dict[str, Path], tmp_path: Path) -> None:
     original = load_recipe(RECIPES / "phi2_spa.yaml")
     plan = prepare(

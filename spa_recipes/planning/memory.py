@@ -76,6 +76,45 @@ def trained_state(parameters: int, shards: int) -> Term:
     return Term("trained state", TRAINED_BYTES * parameters / shards, how)
 
 
+# LoRA (models.adapter): the linear layers of a Llama-style block by PEFT target name, as (in, out) widths in terms of
+# h (hidden), f (MLP width), q (heads x head_dim) and kv (kv_heads x head_dim). "all-linear" is all seven.
+LORA_SHAPES = {
+    "q_proj": ("h", "q"),
+    "k_proj": ("h", "kv"),
+    "v_proj": ("h", "kv"),
+    "o_proj": ("q", "h"),
+    "gate_proj": ("h", "f"),
+    "up_proj": ("h", "f"),
+    "down_proj": ("f", "h"),
+}
+# QLoRA's NF4 base: 4 bits a weight plus one absmax scale per 64 weights (bitsandbytes' default blocksize), stored in
+# 8 bits with double quantisation: ~0.51 bytes a parameter.
+NF4_BYTES = 0.51
+
+
+def lora_parameters(widths: dict[str, int], layers: int, rank: int, targets: list[str] | str) -> int:
+    """Adapter parameters: r x (in + out) per adapted linear layer per block. A name the table does not know is
+    counted as an h x h layer."""
+    names = list(LORA_SHAPES) if targets == "all-linear" else targets
+    per_layer = 0
+    for name in names:
+        a, b = LORA_SHAPES.get(name, ("h", "h"))
+        per_layer += rank * (widths[a] + widths[b])
+    return layers * per_layer
+
+
+def adapter_state(parameters: int, shards: int) -> Term:
+    """Master weights, gradients and AdamW moments of the LoRA adapter only."""
+    how = f"{TRAINED_BYTES} B x adapter P" + (f" / {shards} (FSDP2)" if shards > 1 else "")
+    return Term("adapter state", TRAINED_BYTES * parameters / shards, how)
+
+
+def frozen_base(parameters: int, value_bytes: float, shards: int) -> Term:
+    """The adapted model's frozen weights in the model dtype (or NF4), also the DPO reference (adapter disabled)."""
+    how = f"{value_bytes:g} B x P" + (f" / {shards} (FSDP2)" if shards > 1 else "") + " (also the reference)"
+    return Term("frozen base", value_bytes * parameters / shards, how)
+
+
 def autocast_copies(parameters: int) -> Term:
     return Term("16-bit weight copies", AUTOCAST_COPY_BYTES * parameters, f"{AUTOCAST_COPY_BYTES} B x P (autocast)")
 

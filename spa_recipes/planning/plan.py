@@ -226,6 +226,10 @@ class _Planner:
         assert section is not None, f"a {kind} stage without training.{TRAINING_KINDS[kind]}"
         return section
 
+    def _adapter(self, kind: str) -> Any:
+        """The recipe's ``models.adapter`` for a DPO stage (the sft stage trains the whole model)."""
+        return self.recipe.models.adapter if kind != "sft" else None
+
     def _extrapolated(self, kind: str, iteration: int) -> bool:
         if kind != "train":
             return False
@@ -245,12 +249,19 @@ class _Planner:
         rows = batch_size if kind == "sft" else 2 * batch_size
         autocast = not hw.cpu and a == 2 and hw.parallelism != "fsdp2"
         extrapolated = self._extrapolated(kind, iteration)
-        terms = [m.trained_state(s.parameters, hw.shards)]
-        if autocast:
-            terms.append(m.autocast_copies(s.parameters))
+        adapter = self._adapter(kind)
+        if adapter is None:
+            terms = [m.trained_state(s.parameters, hw.shards)]
+            if autocast:
+                terms.append(m.autocast_copies(s.parameters))
+        else:  # the frozen base in its dtype serves as the reference too (the adapter disabled): no copy for DND
+            widths = {"h": s.hidden, "f": s.intermediate, "q": s.heads * s.head_dim, "kv": s.kv_heads * s.head_dim}
+            lora = m.lora_parameters(widths, s.layers, adapter.r, adapter.target_modules)
+            base_bytes = m.NF4_BYTES if adapter.load_in_4bit else a
+            terms = [m.frozen_base(s.parameters, base_bytes, hw.shards), m.adapter_state(lora, hw.shards)]
         if hw.shards > 1:
             terms.append(m.fsdp_gathered(s.layer_parameters, s.embedding_parameters + s.hidden, a))
-        if extrapolated:
+        if extrapolated and adapter is None:
             terms.append(m.frozen_weights("DND reference", s.parameters, a))
         terms += m.activations(
             rows, section.max_length, s.hidden, s.intermediate, s.layers, a, checkpointing, 4 if autocast else a
@@ -276,7 +287,10 @@ class _Planner:
             return
         tokens = examples * rows_per_example * section.max_length
         n = self.shape.flop_parameters
-        trained = (8 if section.gradient_checkpointing else 6) * n * tokens * section.epochs
+        # 6N a token: forward 2N, backward 2N for the activations' gradients and 2N for the weights' (none for a
+        # frozen base under LoRA: 4N); checkpointing recomputes the forward (+2N).
+        per_token = (6 if self._adapter(kind) is None else 4) + (2 if section.gradient_checkpointing else 0)
+        trained = per_token * n * tokens * section.epochs
         reference = 0.0
         if kind != "sft":  # the reference's forward: once (its log-probs first), or every step under DND
             reference = 2 * n * tokens * (section.epochs if self._extrapolated(kind, iteration) else 1)
@@ -424,5 +438,6 @@ class _Planner:
                 break
         if not options:
             said[0] += "; no change the plan knows of makes it fit on this hardware"
-        options.append("LoRA adapters (16 B only for the adapters' parameters): not in spa-recipes yet")
+        if self._adapter(kind) is None:
+            options.append("LoRA adapters (16 B only for the adapters' parameters): models.adapter: {name: lora}")
         return [*said, *options]
