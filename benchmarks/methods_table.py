@@ -47,6 +47,7 @@ WORLDS = {
     },
     "smollm2": {
         "spa": ("recipes/smollm2_spa_cpu.yaml", []),
+        "spa_lora": ("recipes/smollm2_spa_lora_cpu.yaml", []),  # its own seed DPO (through an adapter)
         "spa_length_regularized": ("recipes/smollm2_spa_cpu.yaml", LENGTH_REGULARIZED),
         "spa_length_controlled": ("recipes/smollm2_spa_cpu.yaml", LENGTH_CONTROLLED),
         "dice": ("recipes/smollm2/dice.yaml", []),
@@ -55,6 +56,8 @@ WORLDS = {
         "spin": ("recipes/smollm2/spin.yaml", []),
     },
 }
+# Methods whose seed DPO is not SPA's (it reads a recipe value SPA's does not have): their iteration 0 is a row too.
+OWN_SEED_DPO = {"spa_lora"}
 COLUMNS = ("win_rate", "lc_win_rate", "mean_words", "eos_rate", "agreement")
 
 
@@ -118,7 +121,9 @@ def main() -> None:
             print(f"{method} seed {seed}: {took:.0f} s here, {total:.0f} s a whole run", file=sys.stderr)
             for row in rows:
                 label = "seed-only DPO" if row["iteration"] == 0 else method
-                if row["iteration"] == 0 and method != "spa":
+                if row["iteration"] == 0 and method in OWN_SEED_DPO:
+                    label = f"seed-only DPO ({method})"
+                elif row["iteration"] == 0 and method != "spa":
                     continue  # the same seed DPO model as SPA's
                 cell = table.setdefault((label, row["iteration"]), {c: [] for c in COLUMNS})
                 for column in COLUMNS:

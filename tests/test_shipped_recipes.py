@@ -40,6 +40,7 @@ def test_recipes_are_found() -> None:
 SMOLLM2 = "runs/models/smollm2-135m-instruct"
 MADE_BY_SCRIPTS = {
     "smollm2_spa_cpu.yaml": SMOLLM2,
+    "smollm2_spa_lora_cpu.yaml": SMOLLM2,
     **{f"smollm2/{m}.yaml": SMOLLM2 for m in ("dice", "cream", "self_rewarding", "spin")},
 }
 
