@@ -133,10 +133,9 @@ def load_policy(path: str, dtype: str, adapter: LoraAdapterConfig | None, seed: 
 
 
 def is_adapted(model: Any) -> bool:
-    """Whether ``model`` (maybe DDP-wrapped) is a PEFT model."""
+    """Whether ``model`` (the unwrapped policy) is a PEFT model."""
     peft = _peft_or_none()
-    inner = getattr(model, "module", model)
-    return peft is not None and isinstance(inner, peft.PeftModel)
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def _peft_or_none() -> Any:
@@ -158,7 +157,7 @@ def adapter_disabled(model: Any) -> Iterator[None]:
     if not is_adapted(model):
         yield
         return
-    with getattr(model, "module", model).disable_adapter():
+    with model.disable_adapter():
         yield
 
 
