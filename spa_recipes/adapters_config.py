@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class LoraAdapterConfig(BaseModel):
-    """``models.adapter: {name: lora, r, alpha, dropout, target_modules, load_in_4bit, save}``."""
+    """LoRA through PEFT for seed DPO and each iteration: a fresh adapter on the frozen starting model, which is also
+    the DPO reference (adapter disabled); QLoRA with ``load_in_4bit``."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 

@@ -238,3 +238,19 @@ def test_lora_runs_under_ddp_and_fsdp2(tmp_path: Path, parallelism: str) -> None
         changed = {k for k in trained if not torch.equal(trained[k], start[k])}
         assert any("q_proj" in k for k in changed), stage  # all-linear: the attention and MLP layers moved
         assert not any("embed" in k or "norm" in k for k in changed), stage  # nothing else did
+
+
+def test_adapter_only_models_are_refused_with_vllm_generation() -> None:
+    from spa_recipes.recipe import load_recipe
+    from spa_recipes.recipe.validation import _adapter
+    from spa_recipes.schema import ComponentSpec
+
+    recipe = load_recipe(
+        ROOT / "recipes" / "tiny_spa.yaml", ["models.adapter.name=lora", "models.adapter.save=adapter"]
+    )
+    assert _adapter(recipe) == []
+    recipe.generation = ComponentSpec(name="vllm")  # the vllm package is not needed to check the rule
+    assert _adapter(recipe) == [
+        "models.adapter.save: 'adapter' writes adapter-only models, which generation 'vllm' does not load; "
+        "use save: merged"
+    ]
