@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_tiny import make_tiny_model
+from safetensors.torch import load_file
 from test_training import planted_pairs, run_dpo, section
 
 from spa_recipes.adapters import (
@@ -213,31 +214,68 @@ LORA_RUN = [
 ]
 
 
-@pytest.mark.parametrize("parallelism", ["ddp", "fsdp2"])
-def test_lora_runs_under_ddp_and_fsdp2(tmp_path: Path, parallelism: str) -> None:
+def launch(parallelism: str, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``spa-recipe run`` of the shrunk tiny recipe with LoRA, 2 processes: DDP (torchrun) or FSDP2 (accelerate's
+    shipped config through tests/fsdp_on_cpu.py)."""
     if parallelism == "ddp":
         launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "spa_recipes"]
     else:
         config = ROOT / "configs" / "accelerate" / "fsdp.yaml"
         accelerate = ["-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2"]
         launcher = [*accelerate, "--mixed_precision", "no", str(ROOT / "tests" / "fsdp_on_cpu.py")]
-    args = ["run", "recipes/tiny_spa.yaml", *LORA_RUN, f"run.output_dir={tmp_path}", "run.name=t", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
+    args = ["run", "recipes/tiny_spa.yaml", *LORA_RUN, *extra, f"run.output_dir={out}", "run.name=t", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
         [sys.executable, *launcher, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
     )
+
+
+def only_adapted_layers_moved(run_dir: Path, stage: str, start: Path) -> None:
+    trained, before = weights(run_dir / stage / "model"), weights(start)  # merged: a plain model, as any other
+    assert trained.keys() == before.keys()
+    changed = {k for k in trained if not torch.equal(trained[k], before[k])}
+    assert any("q_proj" in k for k in changed), stage  # all-linear: the attention and MLP layers moved
+    assert not any("embed" in k or "norm" in k for k in changed), stage  # nothing else did
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp2"])
+def test_lora_runs_under_ddp_and_fsdp2(tmp_path: Path, parallelism: str) -> None:
+    result = launch(parallelism, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "t"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    sft = weights(run_dir / "sft" / "model")
-    for stage, start in (("seed_dpo", sft), ("iter1_train", weights(run_dir / "seed_dpo" / "model"))):
+    for stage, start in (("seed_dpo", "sft"), ("iter1_train", "seed_dpo")):
         summary = manifest["stages"][stage]["summary"]
         assert summary["parallelism"] == parallelism and summary["steps"] == summary["total_steps"] > 0, stage
-        trained = weights(run_dir / stage / "model")  # merged: a plain model, loaded as any other
-        assert trained.keys() == start.keys()
-        changed = {k for k in trained if not torch.equal(trained[k], start[k])}
-        assert any("q_proj" in k for k in changed), stage  # all-linear: the attention and MLP layers moved
-        assert not any("embed" in k or "norm" in k for k in changed), stage  # nothing else did
+        only_adapted_layers_moved(run_dir, stage, run_dir / start / "model")
+
+
+def test_lora_fsdp2_resume_from_a_checkpoint_gives_the_same_model(tmp_path: Path) -> None:
+    checkpoints = ["training.iteration.checkpoint_every=2"]
+    whole = launch("fsdp2", tmp_path / "whole", *checkpoints)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    kill = {"SPA_RECIPES_KILL_AT": "iter1_train/work/checkpoints/step-2"}
+    killed = launch("fsdp2", tmp_path / "cut", *checkpoints, env=kill)
+    assert killed.returncode != 0
+    resumed = launch("fsdp2", tmp_path / "cut", *checkpoints)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed_from 2" in resumed.stdout
+    ours, theirs = weights(tmp_path / "cut/t/iter1_train/model"), weights(tmp_path / "whole/t/iter1_train/model")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_lora_fsdp2_on_a_bf16_base_saves_bf16(tmp_path: Path) -> None:
+    """The frozen base in bf16 beside float32 adapters in the same FSDP2 units, checkpointing on, DND's reference
+    from the adapter-disabled policy."""
+    bf16 = ["models.dtype=bfloat16", "training.seed.gradient_checkpointing=true"]
+    result = launch("fsdp2", tmp_path, *bf16, "training.iteration.gradient_checkpointing=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "t"
+    for stage, start in (("seed_dpo", "sft"), ("iter1_train", "seed_dpo")):
+        assert json.loads((run_dir / stage / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+        saved = load_file(run_dir / stage / "model" / "model.safetensors")
+        assert {v.dtype for v in saved.values()} == {torch.bfloat16}
+        only_adapted_layers_moved(run_dir, stage, run_dir / start / "model")
 
 
 def test_adapter_only_models_are_refused_with_vllm_generation() -> None:
