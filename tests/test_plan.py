@@ -170,3 +170,20 @@ def test_gpu_check_cpu_mode_runs_every_step_and_the_plan_is_within_30_percent(tm
     fsdp = json.loads((out / "fsdp2" / "manifest.json").read_text())["stages"]
     assert fsdp["seed_dpo"]["summary"]["parallelism"] == "fsdp2"
     assert "peak RSS MiB" in (out / "hf" / "report.md").read_text()
+
+
+def test_the_lora_preset_fits_one_80_gb_gpu() -> None:
+    """LoRA: the frozen base in bf16 (2 B a parameter, also the reference: no DND copy), 16 B only for the adapter."""
+    sft = f"models.sft={CONFIGS / 'llama-3-base-8b-sft'}"
+    result = plan_cli("recipes/llama3_spa_lora_1gpu.yaml", sft, "--gpus", "1", "--gpu-memory", "80GB", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["fits"]
+    train = next(s for s in plan["stages"] if s["stage"] == "iter1_train")
+    terms = {t["name"]: t["gb"] for t in train["terms"]}
+    assert terms["frozen base"] == pytest.approx(2 * 8.03, abs=0.1) and "DND reference" not in terms
+    # r 128 on every linear layer of 32 blocks: 128 x (q 2h + k, v 2 x (h + kv) + o 2h + gate, up, down 3 x (h + f))
+    h, kv, f = 4096, 1024, 14336
+    adapter = 32 * 128 * (2 * h + 2 * (h + kv) + 2 * h + 3 * (h + f))
+    assert terms["adapter state"] == pytest.approx(16 * adapter / 1e9, abs=0.01)
+    assert 55 < train["gb"] < 70
