@@ -14,7 +14,7 @@ is saved (saving a LoRA stage merges the adapter: new weights for every adapted 
 judge as it is (pi_{i-1} and pi_init loaded one after the other) and, for comparison, both models held at once.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lora_vs_full.py
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lora_vs_full.py --steps 6 --rounds 3 --rank 64
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lora_vs_full.py --steps 6 --rounds 3 --rank 64 --lora-lr 5e-5
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def child_train(args: argparse.Namespace) -> dict[str, Any]:
         adapter = LoraAdapterConfig(name="lora", r=args.rank, alpha=2 * args.rank, dropout=0.05)
     training = TrainingSection(
         epochs=1.0,
-        learning_rate=5e-5 if adapter else 5e-6,  # smollm2_spa_lora_cpu.yaml's and smollm2_spa_cpu.yaml's
+        learning_rate=args.lora_lr if adapter else 5e-6,  # smollm2_spa_lora_cpu.yaml's and smollm2_spa_cpu.yaml's
         lr_scheduler="constant",
         warmup_ratio=0.0,
         batch_size=args.batch_size,
@@ -158,6 +158,7 @@ def load_tokenizer_of(path: Path) -> Any:
 def run_child(args: argparse.Namespace, mode: str, setting: str) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", mode, "--setting", setting, "--model", str(args.model)]
     command += ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--rank", str(args.rank)]
+    command += ["--lora-lr", str(args.lora_lr)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
@@ -171,6 +172,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--lora-lr", type=float, default=1e-4)  # smollm2_spa_lora_cpu.yaml's
     parser.add_argument("--child", choices=["full", "lora", "judge"], help=argparse.SUPPRESS)
     parser.add_argument("--setting", choices=["seed", "dnd"], default="seed", help=argparse.SUPPRESS)
     args = parser.parse_args()
