@@ -1,40 +1,50 @@
-"""Padding-free batches: sequences packed end to end into rows, each with its own position ids.
+"""Padding-free batches: sequences packed end to end into rows, a prompt computed once for all its responses.
 
 Training and scoring (SFT, DPO's chosen and rejected rows, the reference log-probs, the implicit judge) all
 run their forward passes through :func:`pack` and :func:`forward_packed`, so no position is computed for
-padding beyond the tail of a row:
+padding beyond the tail of a row, nor twice for a prompt that several responses share:
 
-- **Rows.** The sequences go into rows of ``width`` positions (default: twice the longest), first fit in
-  decreasing length; the rest of a row is padding. Each sequence's position ids restart at 0, as they
-  would in a row of its own.
-- **Attention never crosses a sequence.** The model is called with ``position_ids`` and no attention mask;
-  transformers reads the restarts of the position ids as sequence boundaries (its packed-sequence masks
-  for SDPA and eager attention; the variable-length kernels of flash attention where installed). A model
-  that cannot (:func:`can_pack`) gets one sequence per row, right-padded: with a causal mask a real token
-  never sees the padding after it, so no mask is needed there either.
-- **Labels** are -100 on prompts, padding and every sequence's first token (nothing predicts it across a
-  boundary); the per-sequence sums put each token's log-prob back at its place in its own sequence and
-  add along it, in the order the padded layout adds them (:func:`sequence_sums`).
+- **Blocks.** Sequences whose prompts (their leading -100 labels) are the same token ids form one block:
+  the prompt once, then each response after it (a DPO pair's chosen and rejected; a judged prompt's K
+  samples). Each response's position ids continue from the end of the prompt, as in a sequence of its own.
+  A block is at most a row wide; more responses than fit start another block with the prompt again.
+- **Rows.** Blocks go into rows of ``width`` positions (default: twice the longest sequence), first fit in
+  decreasing length; the rest of a row is padding.
+- **Attention never crosses a sequence.** In layout ``shared`` (SDPA attention) the model gets a boolean
+  4D mask: a position sees the earlier positions of its own block that belong to the prompt or to its own
+  response. In layout ``packed`` (flash attention, eager attention: no prompt sharing) it gets only
+  ``position_ids``, and transformers reads their restarts as sequence boundaries (its packed-sequence
+  masks; flash attention's variable-length kernels). A model that can do neither (:func:`layout_for`)
+  gets one sequence per row, right-padded (``padded``): with a causal mask a real token never sees the
+  padding after it, so no mask is needed there either.
+- **Targets.** Each response token is predicted from the position of the token before it in its own
+  sequence (for a response's first token: the last position of the shared prompt); the LM head runs only
+  at those positions, and :func:`sequence_sums` puts each token's log-prob back at its place in its own
+  sequence and adds along it, in the order a right-padded row of that sequence would.
 
-Same log-probs, losses and gradients as one sequence per padded row, to float tolerance (tests/test_packing.py).
+Same log-probs, losses and gradients as one sequence per forward pass, to float tolerance (tests/test_packing.py).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+Layout = Literal["shared", "packed", "padded"]
+
 # Rows are this many times the longest sequence of the batch: two sequences of any lengths fit side by side,
-# and a row's attention (quadratic in its width under a packed mask) stays within 4x that of its longest.
+# and a row's attention (quadratic in its width under a mask) stays within 4x that of its longest sequence.
 ROW_WIDTH = 2
 
-# Attention implementations whose transformers masks (or kernels) read packed position ids.
+# Attention implementations whose transformers masks (or kernels) read packed position ids; SDPA also takes
+# the 4D boolean mask of shared prompts.
 PACKED_ATTENTION = frozenset({"sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"})
+SHARED_ATTENTION = frozenset({"sdpa"})
 
 
 @dataclass(frozen=True)
@@ -43,27 +53,34 @@ class Packed:
 
     Attributes:
         input_ids: ``[rows, width]``.
-        position_ids: ``[rows, width]``, restarting at 0 with each sequence (and with the padding).
-        labels: ``[rows, width]``, -100 on prompts, padding and each sequence's first token.
-        sequence: ``[rows, width]``, the index (into the packed list) of the sequence at each position; -1 on padding.
+        position_ids: ``[rows, width]``: each sequence's own positions (a response continues its prompt's).
+        attention_mask: ``[rows, 1, width, width]`` boolean (True: may attend), when prompts are shared;
+            else None.
+        packed: the model needs ``position_ids`` (some row holds more than one sequence).
+        target_row, target_source: ``[tokens]``, where the position that predicts each response token is.
+        target_token: ``[tokens]``, the response token.
+        target_sequence, target_offset: ``[tokens]``, which sequence (index into the packed list) the token
+            belongs to, and its position in that sequence.
         count: how many sequences.
         longest: the longest sequence's length.
-        packed: some row holds several sequences (the model must get ``position_ids``; without, each
-            row is one sequence and its padding, and the default positions are the same).
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    labels: torch.Tensor
-    sequence: torch.Tensor
+    attention_mask: torch.Tensor | None
+    packed: bool
+    target_row: torch.Tensor
+    target_source: torch.Tensor
+    target_token: torch.Tensor
+    target_sequence: torch.Tensor
+    target_offset: torch.Tensor
     count: int
     longest: int
-    packed: bool
 
     def to(self, device: torch.device | str) -> Packed:
         """The same batch on ``device``."""
-        move = {k: getattr(self, k).to(device) for k in ("input_ids", "position_ids", "labels", "sequence")}
-        return Packed(**move, count=self.count, longest=self.longest, packed=self.packed)
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Packed(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
 
     @property
     def positions(self) -> int:
@@ -71,18 +88,56 @@ class Packed:
         return self.input_ids.numel()
 
 
-def can_pack(model: Any) -> bool:
-    """Whether ``model`` keeps packed sequences apart: one of transformers' own models (remote code may build
-    its masks otherwise) whose forward takes ``position_ids`` and whose attention implementation builds its
-    masks (or kernels) from them. Ask the model before it is wrapped for DDP; an adapter wrapper (PEFT) is
-    looked through."""
+def layout_for(model: Any) -> Layout:
+    """How ``model`` takes packed batches (ask the model before it is wrapped for DDP; an adapter wrapper
+    (PEFT) is looked through).
+
+    ``shared`` (prompts shared, a 4D mask) and ``packed`` (position ids only) need one of transformers' own
+    models (remote code may build its masks otherwise) whose forward takes ``position_ids``, with an
+    attention implementation that reads them; anything else gets ``padded``.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
-    return (
+    if not (
         type(base).__module__.startswith("transformers.")
-        and implementation in PACKED_ATTENTION
         and "position_ids" in inspect.signature(base.forward).parameters
-    )
+    ):
+        return "padded"
+    if implementation in SHARED_ATTENTION:
+        return "shared"
+    return "packed" if implementation in PACKED_ATTENTION else "padded"
+
+
+def _prompt_length(labels: list[int]) -> int:
+    """The leading -100 labels (at least the first token, which nothing predicts)."""
+    n = next((i for i, label in enumerate(labels) if label != -100), len(labels))
+    return max(n, min(1, len(labels)))
+
+
+def _blocks(
+    sequences: Sequence[tuple[list[int], list[int]]], indices: list[int], width: int, share: bool
+) -> list[tuple[int, list[int]]]:
+    """``(prompt length, members)`` per block of the sequences at ``indices``: those with the same prompt
+    ids, in input order, while the block fits in ``width``; without ``share`` every sequence is its own block."""
+    prompts = {i: _prompt_length(sequences[i][1]) for i in indices}
+    if not share:
+        return [(prompts[i], [i]) for i in indices]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in indices:
+        groups.setdefault(tuple(sequences[i][0][: prompts[i]]), []).append(i)
+    blocks = []
+    for key, members in groups.items():
+        current: list[int] = []
+        size = len(key)
+        for i in members:
+            tail = len(sequences[i][0]) - len(key)
+            if current and size + tail > width:
+                blocks.append((len(key), current))
+                current, size = [], len(key)
+            current.append(i)
+            size += tail
+        blocks.append((len(key), current))
+    return blocks
 
 
 def pack(
@@ -90,65 +145,109 @@ def pack(
     pad_token_id: int,
     *,
     width: int | None = None,
-    together: bool = True,
+    layout: Layout = "shared",
 ) -> Packed:
-    """Pack ``(input_ids, labels)`` sequences into rows.
+    """Pack ``(input_ids, labels)`` sequences into rows (see the module docstring).
 
     Args:
         sequences: one ``(input_ids, labels)`` per sequence (labels -100 on the prompt).
         pad_token_id: the id at padding positions.
         width: positions per row; default ``ROW_WIDTH`` times the longest sequence, at least the longest.
-        together: several sequences per row (first fit, longest first); False: one per row, as
-            right padding lays them out (for a model that cannot pack).
+        layout: ``shared`` (prompts shared, blocks packed), ``packed`` (sequences packed, no sharing) or
+            ``padded`` (one sequence per row, right-padded): :func:`layout_for` the model.
 
     Returns:
-        The rows; ``sequence`` maps their positions back to the input order.
+        The rows and where each response token is predicted.
     """
-    lengths = [len(ids) for ids, _ in sequences]
-    longest = max(lengths, default=1)
-    width = max(width or ROW_WIDTH * longest, longest)
-    order = sorted(range(len(sequences)), key=lambda i: -lengths[i])  # stable: ties keep input order
-    rows: list[list[int]] = []
+    longest = max((len(ids) for ids, _ in sequences), default=1)
+    width = longest if layout == "padded" else max(width or ROW_WIDTH * longest, longest)
+    # A sequence that comes again (two equal samples, a pair of equal responses) is computed once: its
+    # log-probs are then the same numbers, and the gradient of their difference exactly zero.
+    copies: dict[int, list[int]] = {}
+    first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+    for i, (ids, labels) in enumerate(sequences):
+        copies.setdefault(first.setdefault((tuple(ids), tuple(labels)), i), []).append(i)
+    blocks = _blocks(sequences, list(copies), width, share=layout == "shared")
+
+    def size(block: tuple[int, list[int]]) -> int:
+        prompt, members = block
+        return prompt + sum(len(sequences[i][0]) - prompt for i in members)
+
+    rows: list[list[tuple[int, list[int]]]] = []
     room: list[int] = []
-    for i in order:
-        slot = next((r for r, free in enumerate(room) if free >= lengths[i]), None) if together else None
+    for block in sorted(blocks, key=lambda b: -size(b)):  # stable: ties keep input order
+        need = size(block)
+        slot = next((r for r, free in enumerate(room) if free >= need), None) if layout != "padded" else None
         if slot is None:
             rows.append([])
             room.append(width)
             slot = len(rows) - 1
-        rows[slot].append(i)
-        room[slot] -= lengths[i]
-    if not together:
-        width = longest
-    input_ids, position_ids, labels, sequence = [], [], [], []
-    for members in rows:
+        rows[slot].append(block)
+        room[slot] -= need
+
+    input_ids, position_ids, group, branch = [], [], [], []
+    target: list[list[int]] = [[], [], [], [], []]  # row, source column, token, sequence, offset
+    for r, row in enumerate(rows):
         ids_row: list[int] = []
         pos_row: list[int] = []
-        lab_row: list[int] = []
-        seq_row: list[int] = []
-        for i in members:
-            ids, lab = sequences[i]
-            ids_row += ids
-            pos_row += range(len(ids))
-            lab_row += [-100, *lab[1:]]
-            seq_row += [i] * len(ids)
+        group_row: list[int] = []
+        branch_row: list[int] = []
+        for g, (prompt, members) in enumerate(row):
+            start = len(ids_row)
+            first_ids = sequences[members[0]][0]
+            ids_row += first_ids[:prompt]
+            pos_row += range(prompt)
+            group_row += [g] * prompt
+            branch_row += [0] * prompt
+            for b, i in enumerate(members, start=1):
+                ids, labels = sequences[i]
+                here = len(ids_row)
+                ids_row += ids[prompt:]
+                pos_row += range(prompt, len(ids))
+                group_row += [g] * (len(ids) - prompt)
+                branch_row += [b] * (len(ids) - prompt)
+                for j in range(1, len(ids)):
+                    if labels[j] != -100:
+                        source = start + j - 1 if j - 1 < prompt else here + j - 1 - prompt
+                        for copy in copies[i]:
+                            for column, value in zip(target, (r, source, ids[j], copy, j), strict=True):
+                                column.append(value)
         pad = width - len(ids_row)
-        input_ids.append(ids_row + [pad_token_id] * pad)
         # Alone in its row, a sequence's padding continues its positions (the batch stays unpacked: a plain
         # causal mask); after several, the padding restarts, within the positions the sequences use.
-        pos_row += range(len(pos_row), width) if len(members) == 1 else [p % longest for p in range(pad)]
+        alone = len(row) == 1 and len(row[0][1]) == 1
+        pos_row += range(len(pos_row), width) if alone else [p % longest for p in range(pad)]
+        input_ids.append(ids_row + [pad_token_id] * pad)
         position_ids.append(pos_row)
-        labels.append(lab_row + [-100] * pad)
-        sequence.append(seq_row + [-1] * pad)
-    as_long = {"dtype": torch.long}
+        group_row += range(len(row), len(row) + pad)  # each padding position alone: it sees only itself
+        group.append(group_row)
+        branch.append(branch_row + [0] * pad)
+
+    def tensor(values: list[Any]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long)
+
+    shape = (len(rows), width)
+    positions = tensor(position_ids).view(shape)
+    mask = None
+    if any(len(members) > 1 for row in rows for _, members in row):
+        g, b = tensor(group).view(shape), tensor(branch).view(shape)
+        mask = (
+            (g[:, :, None] == g[:, None, :])
+            & (positions[:, None, :] <= positions[:, :, None])
+            & ((b[:, None, :] == 0) | (b[:, None, :] == b[:, :, None]))
+        ).unsqueeze(1)
     return Packed(
-        input_ids=torch.tensor(input_ids, **as_long).view(len(rows), width),
-        position_ids=torch.tensor(position_ids, **as_long).view(len(rows), width),
-        labels=torch.tensor(labels, **as_long).view(len(rows), width),
-        sequence=torch.tensor(sequence, **as_long).view(len(rows), width),
+        input_ids=tensor(input_ids).view(shape),
+        position_ids=positions,
+        attention_mask=mask,
+        packed=len(rows) < len(copies),
+        target_row=tensor(target[0]),
+        target_source=tensor(target[1]),
+        target_token=tensor(target[2]),
+        target_sequence=tensor(target[3]),
+        target_offset=tensor(target[4]),
         count=len(sequences),
         longest=longest,
-        packed=len(rows) < len(sequences),
     )
 
 
@@ -184,23 +283,23 @@ def forward_packed(model: Any, batch: Packed, *, trim: bool | None = None) -> Pa
             head then runs only at the positions some row needs (with a large vocabulary the logits of the
             prompts are the largest tensor of the pass).
     """
-    targets = batch.labels[:, 1:]
-    needed = targets != -100  # [rows, width - 1]: position t predicts the token at t + 1
-    keep = needed.any(0).nonzero().squeeze(1)
     kwargs: dict[str, Any] = {"use_cache": False}  # nothing is generated after the pass
-    if trim if trim is not None else takes_logits_to_keep(model):
-        kwargs["logits_to_keep"] = keep
     if batch.packed:
         kwargs["position_ids"] = batch.position_ids
-    logits = model(input_ids=batch.input_ids, **kwargs).logits
-    if logits.shape[1] == batch.input_ids.shape[1]:  # the model computed every position
-        logits = logits[:, keep]
-    kept = needed[:, keep]
+    if batch.attention_mask is not None:
+        kwargs["attention_mask"] = batch.attention_mask
+    if trim if trim is not None else takes_logits_to_keep(model):
+        keep = torch.unique(batch.target_source)  # sorted
+        logits = model(input_ids=batch.input_ids, logits_to_keep=keep, **kwargs).logits
+        columns = torch.searchsorted(keep, batch.target_source)
+    else:
+        logits = model(input_ids=batch.input_ids, **kwargs).logits
+        columns = batch.target_source
     return PackedLogits(
-        logits=logits[kept],
-        targets=targets[:, keep][kept],
-        sequence=batch.sequence[:, 1:][:, keep][kept],
-        offset=batch.position_ids[:, 1:][:, keep][kept],
+        logits=logits[batch.target_row, columns],
+        targets=batch.target_token,
+        sequence=batch.target_sequence,
+        offset=batch.target_offset,
     )
 
 
@@ -238,6 +337,4 @@ def sequence_logps(model: Any, batch: Packed, *, trim: bool | None = None) -> tu
     """
     out = forward_packed(model, batch, trim=trim)
     logps = sequence_sums(token_logps(out.logits, out.targets, in_place=True), out, batch.count, batch.longest)
-    lengths = torch.zeros(batch.count, dtype=torch.long, device=out.sequence.device)
-    lengths.index_add_(0, out.sequence, torch.ones_like(out.sequence))
-    return logps, lengths
+    return logps, torch.bincount(out.sequence, minlength=batch.count)

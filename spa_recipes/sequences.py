@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from spa_recipes.packing import can_pack, pack
+from spa_recipes.packing import layout_for, pack
 from spa_recipes.packing import sequence_logps as packed_sequence_logps
 
 Messages = list[dict[str, str]]
@@ -248,15 +248,19 @@ def encode_sequences(
     return out
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, groups: Sequence[Any] | None = None
+) -> list[list[int]]:
     """Indices cut into batches of sequences of similar length, so right padding stays small.
 
     Longest first (the largest batch comes first, so running out of memory shows at once); equal
-    lengths keep their input order, so the batches are a fixed function of ``lengths``.
+    lengths keep their input order, so the batches are a fixed function of ``lengths`` (and ``groups``).
 
     Args:
         lengths: the length of each sequence.
         batch_size: sequences per batch (the last one may be smaller).
+        groups: a key per sequence (e.g. its prompt's ids): sequences with one key stay next to each other,
+            in input order, ranked by the group's longest, so a packed batch computes their prompt once.
 
     Returns:
         Lists of indices into ``lengths``, every index exactly once.
@@ -266,7 +270,11 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    members: dict[Any, list[int]] = {}
+    for i in range(len(lengths)):
+        members.setdefault(i if groups is None else groups[i], []).append(i)
+    ranked = sorted(members.values(), key=lambda group: -max(lengths[i] for i in group))
+    order = [i for group in ranked for i in group]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
@@ -281,10 +289,11 @@ def score_encoded(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs and response lengths of already encoded sequences under ``model``.
 
-    Batches of ``batch_size`` sequences are formed from length-sorted sequences
-    (:func:`length_sorted_batches`; the longest first, so running out of memory shows at once) and packed
-    without padding (:func:`spa_recipes.packing.pack`); the LM head runs only where a response token is
-    predicted (:func:`spa_recipes.packing.forward_packed`). The results come back in input order.
+    Batches of ``batch_size`` sequences are formed from length-sorted sequences, those with one prompt kept
+    together (:func:`length_sorted_batches`; the longest first, so running out of memory shows at once),
+    and packed without padding, each prompt computed once per batch (:func:`spa_recipes.packing.pack`);
+    the LM head runs only where a response token is predicted (:func:`spa_recipes.packing.forward_packed`).
+    The results come back in input order.
 
     Args:
         model: a causal LM.
@@ -299,9 +308,10 @@ def score_encoded(
     device = device or next(model.parameters()).device
     logps = torch.zeros(len(encoded))
     lengths = torch.zeros(len(encoded), dtype=torch.long)
-    together = can_pack(model)
-    for indices in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
-        batch = pack([encoded[i] for i in indices], pad_token_id, together=together).to(device)
+    layout = layout_for(model)
+    prompts = [tuple(ids[: labels.count(-100)]) for ids, labels in encoded] if layout == "shared" else None
+    for indices in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size, prompts):
+        batch = pack([encoded[i] for i in indices], pad_token_id, layout=layout).to(device)
         lp, n = packed_sequence_logps(model, batch)
         where = torch.tensor(indices)
         logps[where] = lp.cpu()

@@ -126,8 +126,7 @@ def test_extrapolated_logps_match_direct_computation() -> None:
     policy, ref, targets = _rows(1)
     got = token_logps(extrapolated_logits(policy, ref, 0.5), targets)
     # Direct: per position, log of the normalised exp of the mixed logits.
-    expected = torch.stack(
-        [(1.5 * p - 0.5 * r)[t] - torch.log(torch.exp(1.5 * p - 0.5 * r).sum()) for p, r, t in zip(policy, ref, targets)]
-    )
+    mixed = 1.5 * policy - 0.5 * ref
+    expected = torch.stack([h[t] - torch.log(torch.exp(h).sum()) for h, t in zip(mixed, targets, strict=True)])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert (got - token_logps(policy, targets)).abs().max() > 1e-2

@@ -15,8 +15,8 @@ import spa_recipes.training.preference as preference
 from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.packing import (
     PackedLogits,
-    can_pack,
     forward_packed,
+    layout_for,
     pack,
     sequence_logps,
     sequence_sums,
@@ -33,10 +33,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def encoded(tiny: str, n: int = 24, seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """``n`` (prompt, response) sequences of mixed lengths (2-12 prompt words, 0-20 response words)."""
+    """``n`` (prompt, response) sequences of mixed lengths (2-12 prompt words, 0-20 response words); a prompt
+    has 1-3 responses, not always next to each other."""
     rng = random.Random(seed)
     words = lambda k: " ".join(f"w{rng.randrange(1, 50)}" for _ in range(k))  # noqa: E731
-    prompts = [[{"role": "user", "content": words(rng.randrange(2, 13))}] for _ in range(n)]
+    prompts: list[list[dict[str, str]]] = []
+    while len(prompts) < n:
+        prompts += [[{"role": "user", "content": words(rng.randrange(2, 13))}]] * rng.randrange(1, 4)
+    prompts = prompts[:n]
+    rng.shuffle(prompts)
     responses = [words(rng.randrange(0, 21)) for _ in range(n)]
     return encode_sequences(load_tokenizer(tiny), prompts, responses)
 
@@ -52,20 +57,44 @@ def one_at_a_time(model: torch.nn.Module, sequences: list[tuple[list[int], list[
 
 def test_pack_lays_out_rows_first_fit_with_restarting_positions() -> None:
     seqs = [([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5]), ([6, 7, 8, 9, 10], [-100, -100, 8, 9, 10]), ([11], [11])]
-    batch = pack(seqs, PAD, width=6)
+    batch = pack(seqs, PAD, width=6, layout="packed")
     # Longest first, first fit: [5 | 1], [3, 2 | pad].
     assert batch.input_ids.tolist() == [[6, 7, 8, 9, 10, 11], [1, 2, 3, 4, 5, PAD]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 0], [0, 1, 2, 0, 1, 0]]
-    assert batch.sequence.tolist() == [[2, 2, 2, 2, 2, 3], [0, 0, 0, 1, 1, -1]]
-    # Every sequence's first token is never predicted (from the one before it in the row).
-    assert batch.labels.tolist() == [[-100, -100, 8, 9, 10, -100], [-100, 2, 3, -100, 5, -100]]
-    assert (batch.count, batch.longest, batch.packed, batch.positions) == (4, 5, True, 12)
+    assert batch.attention_mask is None and batch.packed
+    # Each response token predicted from the position before it in its own sequence; a sequence's first
+    # token never (sequence 3 is one token: nothing to predict).
+    targets = zip(*(t.tolist() for t in (batch.target_row, batch.target_source, batch.target_token)), strict=True)
+    assert sorted(targets) == [(0, 1, 8), (0, 2, 9), (0, 3, 10), (1, 0, 2), (1, 1, 3), (1, 3, 5)]
+    assert (batch.count, batch.longest, batch.positions) == (4, 5, 12)
     # Default width: twice the longest; one per row: right padding, and positions run on through it.
-    assert pack(seqs, PAD).input_ids.shape == (2, 10)
-    alone = pack(seqs, PAD, together=False)
+    assert pack(seqs, PAD, layout="packed").input_ids.shape == (2, 10)
+    alone = pack(seqs, PAD, layout="padded")
     assert alone.input_ids.tolist() == [[6, 7, 8, 9, 10], [1, 2, 3, PAD, PAD], [4, 5, PAD, PAD, PAD], [11] + [PAD] * 4]
     assert alone.position_ids.tolist() == [list(range(5))] * 4 and not alone.packed
-    assert pack(seqs, PAD, width=2).input_ids.shape[1] == 5  # never narrower than the longest
+    assert pack(seqs, PAD, width=2, layout="packed").input_ids.shape[1] == 5  # never narrower than the longest
+
+
+def test_pack_shares_a_prompt_between_its_responses() -> None:
+    # A pair (prompt 7 8, responses 1 2 / 3) and a sequence with another prompt (7 9).
+    seqs = [([7, 8, 1, 2], [-100, -100, 1, 2]), ([7, 9, 5], [-100, -100, 5]), ([7, 8, 3], [-100, -100, 3])]
+    batch = pack(seqs, PAD, width=8)
+    assert batch.input_ids.tolist() == [[7, 8, 1, 2, 3, 7, 9, 5]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 1, 2]]
+    mask = batch.attention_mask[0, 0].int().tolist()
+    assert mask[4] == [1, 1, 0, 0, 1, 0, 0, 0]  # the second response sees the prompt and itself, not the first
+    assert mask[3] == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert mask[7] == [0, 0, 0, 0, 0, 1, 1, 1]  # the other block: nothing of the first
+    # Both responses' first tokens are predicted from the prompt's last position (column 1).
+    targets = zip(*(t.tolist() for t in (batch.target_source, batch.target_token, batch.target_sequence)), strict=True)
+    assert sorted(targets) == [(1, 1, 0), (1, 3, 2), (2, 2, 0), (6, 5, 1)]
+    # More responses than fit in a row: another block, with the prompt again.
+    many = [([7, 8, a, b], [-100, -100, a, b]) for a, b in [(1, 2), (3, 4), (5, 6)]]
+    assert pack(many, PAD, width=6).input_ids.tolist() == [[7, 8, 1, 2, 3, 4], [7, 8, 5, 6, PAD, PAD]]
+    # A sequence that comes again is computed once, and both copies get its targets.
+    twice = pack([many[0], many[1], many[0]], PAD, width=8)
+    assert twice.input_ids.tolist() == [[7, 8, 1, 2, 3, 4, PAD, PAD]]
+    assert twice.target_sequence.tolist().count(0) == twice.target_sequence.tolist().count(2) == 2
 
 
 @pytest.mark.parametrize(("dtype", "attention"), [("float32", "sdpa"), ("bfloat16", "sdpa"), ("float32", "eager")])
@@ -78,13 +107,18 @@ def test_packed_logps_equal_one_sequence_at_a_time(tiny: str, dtype: str, attent
         expected = one_at_a_time(model, seqs)
         lengths = torch.tensor([sum(lab != -100 for lab in labels[1:]) for _, labels in seqs])
         tol = 1e-4 if dtype == "float32" else 0.15  # bf16: matmuls of other shapes round differently
-        for width, together in [(None, True), (1, True), (200, True), (None, False)]:
-            batch = pack(seqs, PAD, width=width, together=together)
+        layouts = [(None, "shared"), (1, "shared"), (200, "shared"), (200, "packed"), (None, "padded")]
+        if layout_for(model) == "packed":  # eager attention adds its masks: it gets position ids, not our mask
+            layouts = [(None, "packed"), (200, "packed"), (None, "padded")]
+        for width, layout in layouts:
+            batch = pack(seqs, PAD, width=width, layout=layout)
             logps, got_lengths = sequence_logps(model, batch)
             assert logps.dtype == torch.float32
             torch.testing.assert_close(logps, expected, atol=tol, rtol=0)
             assert torch.equal(got_lengths, lengths)
-    assert pack(seqs, PAD, width=200).input_ids.shape[0] < len(seqs) // 3  # it did pack
+    shared = pack(seqs, PAD, width=200)
+    assert shared.input_ids.shape[0] < len(seqs) // 3 and shared.attention_mask is not None  # it packed and shared
+    assert shared.positions < pack(seqs, PAD, width=200, layout="packed").positions
 
 
 def test_attention_does_not_cross_sequences(tiny: str) -> None:
@@ -129,7 +163,7 @@ def test_lm_head_runs_only_where_a_response_token_is_predicted(tiny: str) -> Non
             full = forward_packed(model, batch, trim=False)
     finally:
         hook.remove()
-    needed = (batch.labels[:, 1:] != -100).any(0).sum().item()
+    needed = torch.unique(batch.target_source).numel()
     assert seen == [needed, batch.input_ids.shape[1]] and needed < batch.input_ids.shape[1]
     with torch.no_grad():
         trimmed = forward_packed(model, batch)
@@ -162,17 +196,18 @@ def test_token_logps_and_sums_equal_the_full_formula_with_gradients() -> None:
     assert not torch.equal(scratch, logits)  # overwritten by its log-softmax
 
 
-def test_can_pack_only_transformers_models(tiny: str) -> None:
+def test_layout_for_the_attention_implementation(tiny: str) -> None:
     model = load_model(tiny, dtype="float32")
-    assert can_pack(model)
+    assert layout_for(model) == "shared"
+    model.set_attn_implementation("eager")
+    assert layout_for(model) == "packed"
 
     class RemoteCode(type(model)):  # a model class from outside transformers (trust_remote_code)
         pass
 
     model.__class__ = RemoteCode
-    assert not can_pack(model)
-    plain = torch.nn.Linear(2, 2)
-    assert not can_pack(plain)
+    assert layout_for(model) == "padded"
+    assert layout_for(torch.nn.Linear(2, 2)) == "padded"
 
 
 def test_dpo_packed_trains_the_same_weights_as_one_sequence_per_row(
@@ -180,7 +215,7 @@ def test_dpo_packed_trains_the_same_weights_as_one_sequence_per_row(
 ) -> None:
     pairs, _ = planted_pairs(24, 0.0, seed=3)
     packed = run_dpo(tiny, tmp_path / "packed", pairs, section(batch_size=8))
-    monkeypatch.setattr(preference, "can_pack", lambda model: False)  # the one-per-row layout (a model that cannot)
+    monkeypatch.setattr(preference, "layout_for", lambda model: "padded")  # the layout of a model that cannot pack
     alone = run_dpo(tiny, tmp_path / "alone", pairs, section(batch_size=8))
     assert packed["final_loss"] == pytest.approx(alone["final_loss"], abs=1e-5)
     a, b = load_model(str(tmp_path / "packed" / "out")), load_model(str(tmp_path / "alone" / "out"))

@@ -24,8 +24,8 @@ from spa_recipes.errors import DataError
 from spa_recipes.loss import DPOLoss, extrapolated_logits
 from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.packing import (
-    can_pack,
     forward_packed,
+    layout_for,
     pack,
     sequence_sums,
     takes_logits_to_keep,
@@ -234,14 +234,14 @@ def train_preference(
 
     # Asked of the unwrapped models: the loop wraps the policy for DDP.
     trims = takes_logits_to_keep(policy) and (ref_model is None or takes_logits_to_keep(ref_model))
-    together = can_pack(policy) and (ref_model is None or can_pack(ref_model))
+    layout = layout_for(policy) if ref_model is None or layout_for(ref_model) == layout_for(policy) else "padded"
 
     def forward(
         model: Any, rows: list[Encoded], with_reference: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Policy log-probs of ``rows`` in their order, in one padding-free pass; ``with_reference`` (DND)
         also the reference's and ``log p_ext``'s."""
-        batch = pack(rows, pad_id, together=together).to(accelerator.device)
+        batch = pack(rows, pad_id, layout=layout).to(accelerator.device)
         with accelerator.autocast():
             out = forward_packed(model, batch, trim=trims)
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from spa_recipes.errors import DataError
 from spa_recipes.modeling import load_model
-from spa_recipes.packing import can_pack, forward_packed, pack, takes_logits_to_keep
+from spa_recipes.packing import forward_packed, layout_for, pack, takes_logits_to_keep
 from spa_recipes.schema import TrainingSection
 from spa_recipes.sequences import encode_sequences
 from spa_recipes.training.loop import MicroBatch, run_training_loop, save_trained
@@ -76,10 +76,10 @@ def train_sft(
         training.max_length,
     )
 
-    trims, together = takes_logits_to_keep(model), can_pack(model)
+    trims, layout = takes_logits_to_keep(model), layout_for(model)
 
     def compute(model: Any, indices: list[int], step: int, total_steps: int) -> MicroBatch:
-        batch = pack([encoded[i] for i in indices], pad_id, together=together).to(accelerator.device)
+        batch = pack([encoded[i] for i in indices], pad_id, layout=layout).to(accelerator.device)
         # Padding-free rows; logits only where a response token is predicted, and the loss on those.
         with accelerator.autocast():
             out = forward_packed(model, batch, trim=trims)
