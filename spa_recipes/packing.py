@@ -19,8 +19,8 @@ padding beyond the tail of a row, nor twice for a prompt that several responses 
   padding after it, so no mask is needed there either.
 - **Targets.** Each response token is predicted from the position of the token before it in its own
   sequence (for a response's first token: the last position of the shared prompt); the LM head runs only
-  at those positions, and :func:`sequence_sums` puts each token's log-prob back at its place in its own
-  sequence and adds along it, in the order a right-padded row of that sequence would.
+  at those positions (:func:`output_head`), and :func:`sequence_sums` puts each token's log-prob back at
+  its place in its own sequence and adds along it, in the order a right-padded row of that sequence would.
 
 Same log-probs, losses and gradients as one sequence per forward pass, to float tolerance (tests/test_packing.py).
 """
@@ -61,6 +61,8 @@ class Packed:
         target_token: ``[tokens]``, the response token.
         target_sequence, target_offset: ``[tokens]``, which sequence (index into the packed list) the token
             belongs to, and its position in that sequence.
+        copy_of: ``[count]``, the sequence whose tokens stand for each one: itself, or the first sequence
+            equal to it (equal sequences are computed once).
         count: how many sequences.
         longest: the longest sequence's length.
     """
@@ -74,6 +76,7 @@ class Packed:
     target_token: torch.Tensor
     target_sequence: torch.Tensor
     target_offset: torch.Tensor
+    copy_of: torch.Tensor
     count: int
     longest: int
 
@@ -163,11 +166,9 @@ def pack(
     width = longest if layout == "padded" else max(width or ROW_WIDTH * longest, longest)
     # A sequence that comes again (two equal samples, a pair of equal responses) is computed once: its
     # log-probs are then the same numbers, and the gradient of their difference exactly zero.
-    copies: dict[int, list[int]] = {}
     first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
-    for i, (ids, labels) in enumerate(sequences):
-        copies.setdefault(first.setdefault((tuple(ids), tuple(labels)), i), []).append(i)
-    blocks = _blocks(sequences, list(copies), width, share=layout == "shared")
+    copy_of = [first.setdefault((tuple(ids), tuple(labels)), i) for i, (ids, labels) in enumerate(sequences)]
+    blocks = _blocks(sequences, list(first.values()), width, share=layout == "shared")
 
     def size(block: tuple[int, list[int]]) -> int:
         prompt, members = block
@@ -209,9 +210,8 @@ def pack(
                 for j in range(1, len(ids)):
                     if labels[j] != -100:
                         source = start + j - 1 if j - 1 < prompt else here + j - 1 - prompt
-                        for copy in copies[i]:
-                            for column, value in zip(target, (r, source, ids[j], copy, j), strict=True):
-                                column.append(value)
+                        for column, value in zip(target, (r, source, ids[j], i, j), strict=True):
+                            column.append(value)
         pad = width - len(ids_row)
         # Alone in its row, a sequence's padding continues its positions (the batch stays unpacked: a plain
         # causal mask); after several, the padding restarts, within the positions the sequences use.
@@ -240,12 +240,13 @@ def pack(
         input_ids=tensor(input_ids).view(shape),
         position_ids=positions,
         attention_mask=mask,
-        packed=len(rows) < len(copies),
+        packed=len(rows) < len(first),
         target_row=tensor(target[0]),
         target_source=tensor(target[1]),
         target_token=tensor(target[2]),
         target_sequence=tensor(target[3]),
         target_offset=tensor(target[4]),
+        copy_of=tensor(copy_of),
         count=len(sequences),
         longest=longest,
     )
@@ -260,47 +261,52 @@ class PackedLogits:
         targets: ``[tokens]`` the response token each row predicts.
         sequence: ``[tokens]`` the sequence each target belongs to.
         offset: ``[tokens]`` the target's position within its sequence.
+        copy_of: ``[sequences]`` the sequence whose tokens stand for each one (:class:`Packed`).
     """
 
     logits: torch.Tensor
     targets: torch.Tensor
     sequence: torch.Tensor
     offset: torch.Tensor
+    copy_of: torch.Tensor
 
 
-def takes_logits_to_keep(model: Any) -> bool:
-    """Whether ``model``'s forward accepts ``logits_to_keep`` (transformers' causal LMs do)."""
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+def output_head(model: Any) -> torch.nn.Module | None:
+    """The LM head of one of transformers' models (ask the unwrapped model; an adapter wrapper is looked
+    through), for :func:`forward_packed` to run only where a response token is predicted; None for others."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not type(base).__module__.startswith("transformers.") or not hasattr(base, "get_output_embeddings"):
+        return None
+    head = base.get_output_embeddings()
+    return head if isinstance(head, torch.nn.Module) else None
 
 
-def forward_packed(model: Any, batch: Packed, *, trim: bool | None = None) -> PackedLogits:
+def forward_packed(model: Any, batch: Packed, *, head: torch.nn.Module | None = None) -> PackedLogits:
     """One forward pass over a packed batch; the logits at the positions that predict a response token.
 
     Args:
         model: a causal LM (maybe wrapped for DDP).
         batch: from :func:`pack`, on the model's device.
-        trim: the model :func:`takes_logits_to_keep` (ask the unwrapped model; default: ``model``): its LM
-            head then runs only at the positions some row needs (with a large vocabulary the logits of the
-            prompts are the largest tensor of the pass).
+        head: the model's :func:`output_head`: the hidden states of exactly the predicting positions are
+            handed to it (a forward pre-hook gathers them), so no logits are computed for prompts and
+            padding (with a large vocabulary the biggest tensor of the pass); what the model does to the
+            head's output after it (a scale, a soft cap) still applies. None: every position's logits.
     """
     kwargs: dict[str, Any] = {"use_cache": False}  # nothing is generated after the pass
     if batch.packed:
         kwargs["position_ids"] = batch.position_ids
     if batch.attention_mask is not None:
         kwargs["attention_mask"] = batch.attention_mask
-    if trim if trim is not None else takes_logits_to_keep(model):
-        keep = torch.unique(batch.target_source)  # sorted
-        logits = model(input_ids=batch.input_ids, logits_to_keep=keep, **kwargs).logits
-        columns = torch.searchsorted(keep, batch.target_source)
+    where = (batch.target_row, batch.target_source)
+    if head is None:
+        logits = model(input_ids=batch.input_ids, **kwargs).logits[where]
     else:
-        logits = model(input_ids=batch.input_ids, **kwargs).logits
-        columns = batch.target_source
-    return PackedLogits(
-        logits=logits[batch.target_row, columns],
-        targets=batch.target_token,
-        sequence=batch.target_sequence,
-        offset=batch.target_offset,
-    )
+        hook = head.register_forward_pre_hook(lambda _head, args: (args[0][where].unsqueeze(0), *args[1:]))
+        try:
+            logits = model(input_ids=batch.input_ids, **kwargs).logits[0]
+        finally:
+            hook.remove()
+    return PackedLogits(logits, batch.target_token, batch.target_sequence, batch.target_offset, batch.copy_of)
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor, *, in_place: bool = False) -> torch.Tensor:
@@ -321,20 +327,23 @@ def sequence_sums(values: torch.Tensor, out: PackedLogits, count: int, width: in
     """``[count]`` sums of per-token ``values`` over each sequence's tokens (zero for a sequence without any).
 
     Each value is put back at its place in its sequence (zeros elsewhere) and the rows summed, so the sum
-    adds the same numbers in the same order as a right-padded row of that sequence would. Differentiable.
+    adds the same numbers in the same order as a right-padded row of that sequence would; equal sequences
+    get the same sum (so the gradient of their difference is exactly zero). Differentiable.
     """
     placed = torch.zeros(count * width, dtype=values.dtype, device=values.device)
     placed = placed.index_put((out.sequence * width + out.offset,), values)
-    return placed.view(count, width).sum(-1)
+    return placed.view(count, width).sum(-1)[out.copy_of]
 
 
-def sequence_logps(model: Any, batch: Packed, *, trim: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model: Any, batch: Packed, *, head: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sums of response-token log-probs, and response lengths, in the packed list's order
     (:func:`forward_packed`; scoring: the logits are normalised in place).
 
     Returns:
         ``(logps [count] float32, lengths [count])``.
     """
-    out = forward_packed(model, batch, trim=trim)
+    out = forward_packed(model, batch, head=head)
     logps = sequence_sums(token_logps(out.logits, out.targets, in_place=True), out, batch.count, batch.longest)
-    return logps, torch.bincount(out.sequence, minlength=batch.count)
+    return logps, torch.bincount(out.sequence, minlength=batch.count)[out.copy_of]

@@ -17,6 +17,7 @@ from spa_recipes.packing import (
     PackedLogits,
     forward_packed,
     layout_for,
+    output_head,
     pack,
     sequence_logps,
     sequence_sums,
@@ -94,7 +95,8 @@ def test_pack_shares_a_prompt_between_its_responses() -> None:
     # A sequence that comes again is computed once, and both copies get its targets.
     twice = pack([many[0], many[1], many[0]], PAD, width=8)
     assert twice.input_ids.tolist() == [[7, 8, 1, 2, 3, 4, PAD, PAD]]
-    assert twice.target_sequence.tolist().count(0) == twice.target_sequence.tolist().count(2) == 2
+    assert twice.target_sequence.tolist().count(0) == 2 and 2 not in twice.target_sequence.tolist()
+    assert twice.copy_of.tolist() == [0, 1, 0]
 
 
 @pytest.mark.parametrize(("dtype", "attention"), [("float32", "sdpa"), ("bfloat16", "sdpa"), ("float32", "eager")])
@@ -112,7 +114,7 @@ def test_packed_logps_equal_one_sequence_at_a_time(tiny: str, dtype: str, attent
             layouts = [(None, "packed"), (200, "packed"), (None, "padded")]
         for width, layout in layouts:
             batch = pack(seqs, PAD, width=width, layout=layout)
-            logps, got_lengths = sequence_logps(model, batch)
+            logps, got_lengths = sequence_logps(model, batch, head=output_head(model) if width else None)
             assert logps.dtype == torch.float32
             torch.testing.assert_close(logps, expected, atol=tol, rtol=0)
             assert torch.equal(got_lengths, lengths)
@@ -142,7 +144,7 @@ def test_packed_loss_gradients_equal_one_sequence_at_a_time(tiny: str) -> None:
     for packed in (False, True):
         model = load_model(tiny, dtype="float32").train()
         if packed:
-            logps, _ = sequence_logps(model, pack(seqs, PAD))
+            logps, _ = sequence_logps(model, pack(seqs, PAD), head=output_head(model))
         else:
             logps = one_at_a_time(model, seqs)
         (logps * weights).sum().backward()
@@ -154,21 +156,20 @@ def test_packed_loss_gradients_equal_one_sequence_at_a_time(tiny: str) -> None:
 def test_lm_head_runs_only_where_a_response_token_is_predicted(tiny: str) -> None:
     model = load_model(tiny, dtype="float32")
     seqs = encoded(tiny, n=6, seed=2)
-    seen: list[int] = []
-    hook = model.lm_head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[1]))
+    seen: list[tuple[int, ...]] = []
+    hook = model.lm_head.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape[:2])))
     batch = pack(seqs, PAD)
     try:
         with torch.no_grad():
-            forward_packed(model, batch)
-            full = forward_packed(model, batch, trim=False)
+            trimmed = forward_packed(model, batch, head=output_head(model))
+            full = forward_packed(model, batch)
     finally:
         hook.remove()
-    needed = torch.unique(batch.target_source).numel()
-    assert seen == [needed, batch.input_ids.shape[1]] and needed < batch.input_ids.shape[1]
-    with torch.no_grad():
-        trimmed = forward_packed(model, batch)
+    assert seen == [(1, len(batch.target_token)), tuple(batch.input_ids.shape)]
+    assert len(batch.target_token) < batch.input_ids.numel()
     torch.testing.assert_close(trimmed.logits, full.logits, atol=1e-5, rtol=0)
     assert torch.equal(trimmed.targets, full.targets)
+    assert output_head(torch.nn.Linear(2, 2)) is None
 
 
 def test_token_logps_and_sums_equal_the_full_formula_with_gradients() -> None:
@@ -176,7 +177,9 @@ def test_token_logps_and_sums_equal_the_full_formula_with_gradients() -> None:
     logits = torch.randn(7, 13, generator=g)
     targets = torch.randint(0, 13, (7,), generator=g)
     # Three sequences: tokens at offsets 1, 2, 3 of sequence 0; 1, 2 of sequence 2; none in sequence 1.
-    out = PackedLogits(logits, targets, torch.tensor([0, 0, 0, 2, 2, 0, 2]), torch.tensor([1, 2, 3, 1, 2, 4, 3]))
+    out = PackedLogits(
+        logits, targets, torch.tensor([0, 0, 0, 2, 2, 0, 2]), torch.tensor([1, 2, 3, 1, 2, 4, 3]), torch.arange(3)
+    )
     mine = logits.clone().requires_grad_(True)
     plain = logits.clone().requires_grad_(True)
     sums = sequence_sums(token_logps(mine, targets), out, count=3, width=5)

@@ -26,9 +26,9 @@ from spa_recipes.modeling import load_model, load_tokenizer
 from spa_recipes.packing import (
     forward_packed,
     layout_for,
+    output_head,
     pack,
     sequence_sums,
-    takes_logits_to_keep,
     token_logps,
 )
 from spa_recipes.schema import TrainingSection
@@ -233,7 +233,8 @@ def train_preference(
     ids = [str(row["id"]) for row in pairs]
 
     # Asked of the unwrapped models: the loop wraps the policy for DDP.
-    trims = takes_logits_to_keep(policy) and (ref_model is None or takes_logits_to_keep(ref_model))
+    head = output_head(policy)
+    ref_head = output_head(ref_model) if ref_model is not None else None
     layout = layout_for(policy) if ref_model is None or layout_for(ref_model) == layout_for(policy) else "padded"
 
     def forward(
@@ -243,7 +244,7 @@ def train_preference(
         also the reference's and ``log p_ext``'s."""
         batch = pack(rows, pad_id, layout=layout).to(accelerator.device)
         with accelerator.autocast():
-            out = forward_packed(model, batch, trim=trims)
+            out = forward_packed(model, batch, head=head)
 
         def sums(values: torch.Tensor) -> torch.Tensor:
             return sequence_sums(values, out, batch.count, batch.longest)
@@ -252,7 +253,7 @@ def train_preference(
         if not with_reference:
             return logps, None, None
         with torch.no_grad(), accelerator.autocast():
-            ref = forward_packed(ref_model, batch, trim=trims)
+            ref = forward_packed(ref_model, batch, head=ref_head)
         conf_logps = sums(token_logps(extrapolated_logits(out.logits.detach(), ref.logits, lam), out.targets))
         ref_logps = sums(token_logps(ref.logits, out.targets, in_place=True))
         return logps, ref_logps, conf_logps

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from spa_recipes.errors import DataError
 from spa_recipes.modeling import load_model
-from spa_recipes.packing import forward_packed, layout_for, pack, takes_logits_to_keep
+from spa_recipes.packing import forward_packed, layout_for, output_head, pack
 from spa_recipes.schema import TrainingSection
 from spa_recipes.sequences import encode_sequences
 from spa_recipes.training.loop import MicroBatch, run_training_loop, save_trained
@@ -76,13 +76,13 @@ def train_sft(
         training.max_length,
     )
 
-    trims, layout = takes_logits_to_keep(model), layout_for(model)
+    head, layout = output_head(model), layout_for(model)  # asked before the loop wraps the model for DDP
 
     def compute(model: Any, indices: list[int], step: int, total_steps: int) -> MicroBatch:
         batch = pack([encoded[i] for i in indices], pad_id, layout=layout).to(accelerator.device)
         # Padding-free rows; logits only where a response token is predicted, and the loss on those.
         with accelerator.autocast():
-            out = forward_packed(model, batch, trim=trims)
+            out = forward_packed(model, batch, head=head)
         targets = len(out.targets)
         loss = F.cross_entropy(out.logits.float(), out.targets, reduction="sum") / max(targets, 1)
         return MicroBatch(
