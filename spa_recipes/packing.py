@@ -207,11 +207,12 @@ def pack(
                 pos_row += range(prompt, len(ids))
                 group_row += [g] * (len(ids) - prompt)
                 branch_row += [b] * (len(ids) - prompt)
-                for j in range(1, len(ids)):
-                    if labels[j] != -100:
-                        source = start + j - 1 if j - 1 < prompt else here + j - 1 - prompt
-                        for column, value in zip(target, (r, source, ids[j], i, j), strict=True):
-                            column.append(value)
+                js = [j for j in range(1, len(ids)) if labels[j] != -100]
+                target[0] += [r] * len(js)
+                target[1] += [start + j - 1 if j - 1 < prompt else here + j - 1 - prompt for j in js]
+                target[2] += [ids[j] for j in js]
+                target[3] += [i] * len(js)
+                target[4] += js
         pad = width - len(ids_row)
         # Alone in its row, a sequence's padding continues its positions (the batch stays unpacked: a plain
         # causal mask); after several, the padding restarts, within the positions the sequences use.
