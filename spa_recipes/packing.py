@@ -8,8 +8,8 @@ padding beyond the tail of a row, nor twice for a prompt that several responses 
   the prompt once, then each response after it (a DPO pair's chosen and rejected; a judged prompt's K
   samples). Each response's position ids continue from the end of the prompt, as in a sequence of its own.
   A block is at most a row wide; more responses than fit start another block with the prompt again.
-- **Rows.** Blocks go into rows of ``width`` positions (default: twice the longest sequence), first fit in
-  decreasing length; the rest of a row is padding.
+- **Rows.** Blocks go into rows of ``width`` positions (default: twice the longest sequence, or the longest
+  when that computes fewer positions), first fit in decreasing length; the rest of a row is padding.
 - **Attention never crosses a sequence.** In layout ``shared`` (SDPA attention) the model gets a boolean
   4D mask: a position sees the earlier positions of its own block that belong to the prompt or to its own
   response. In layout ``packed`` (flash attention, eager attention: no prompt sharing) it gets only
@@ -143,6 +143,29 @@ def _blocks(
     return blocks
 
 
+def _fill(
+    sequences: Sequence[tuple[list[int], list[int]]], blocks: list[tuple[int, list[int]]], width: int
+) -> tuple[list[list[tuple[int, list[int]]]], int]:
+    """Blocks into rows of ``width``, first fit in decreasing size; the rows and the fullest row's fill."""
+
+    def size(block: tuple[int, list[int]]) -> int:
+        prompt, members = block
+        return prompt + sum(len(sequences[i][0]) - prompt for i in members)
+
+    rows: list[list[tuple[int, list[int]]]] = []
+    room: list[int] = []
+    for block in sorted(blocks, key=lambda b: -size(b)):  # stable: ties keep input order
+        need = size(block)
+        slot = next((r for r, free in enumerate(room) if free >= need), None)
+        if slot is None:
+            rows.append([])
+            room.append(width)
+            slot = len(rows) - 1
+        rows[slot].append(block)
+        room[slot] -= need
+    return rows, width - min(room, default=width)
+
+
 def pack(
     sequences: Sequence[tuple[list[int], list[int]]],
     pad_token_id: int,
@@ -155,7 +178,8 @@ def pack(
     Args:
         sequences: one ``(input_ids, labels)`` per sequence (labels -100 on the prompt).
         pad_token_id: the id at padding positions.
-        width: positions per row; default ``ROW_WIDTH`` times the longest sequence, at least the longest.
+        width: positions per row, at least the longest sequence; default ``ROW_WIDTH`` times the longest, or
+            the longest when that computes fewer positions. Rows are cut to the fullest one.
         layout: ``shared`` (prompts shared, blocks packed), ``packed`` (sequences packed, no sharing) or
             ``padded`` (one sequence per row, right-padded): :func:`layout_for` the model.
 
@@ -163,28 +187,18 @@ def pack(
         The rows and where each response token is predicted.
     """
     longest = max((len(ids) for ids, _ in sequences), default=1)
-    width = longest if layout == "padded" else max(width or ROW_WIDTH * longest, longest)
     # A sequence that comes again (two equal samples, a pair of equal responses) is computed once: its
     # log-probs are then the same numbers, and the gradient of their difference exactly zero.
     first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
     copy_of = [first.setdefault((tuple(ids), tuple(labels)), i) for i, (ids, labels) in enumerate(sequences)]
-    blocks = _blocks(sequences, list(first.values()), width, share=layout == "shared")
-
-    def size(block: tuple[int, list[int]]) -> int:
-        prompt, members = block
-        return prompt + sum(len(sequences[i][0]) - prompt for i in members)
-
-    rows: list[list[tuple[int, list[int]]]] = []
-    room: list[int] = []
-    for block in sorted(blocks, key=lambda b: -size(b)):  # stable: ties keep input order
-        need = size(block)
-        slot = next((r for r, free in enumerate(room) if free >= need), None) if layout != "padded" else None
-        if slot is None:
-            rows.append([])
-            room.append(width)
-            slot = len(rows) - 1
-        rows[slot].append(block)
-        room[slot] -= need
+    if layout == "padded":
+        rows, width = [[block] for block in _blocks(sequences, list(first.values()), longest, share=False)], longest
+    else:
+        # The default width, or the longest sequence's when that computes fewer positions (similar lengths).
+        widths = [max(width, longest)] if width else [ROW_WIDTH * longest, longest]
+        unique = list(first.values())
+        candidates = [_fill(sequences, _blocks(sequences, unique, w, layout == "shared"), w) for w in widths]
+        rows, width = min(candidates, key=lambda c: len(c[0]) * c[1])
 
     input_ids, position_ids, group, branch = [], [], [], []
     target: list[list[int]] = [[], [], [], [], []]  # row, source column, token, sequence, offset

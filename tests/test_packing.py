@@ -68,10 +68,13 @@ def test_pack_lays_out_rows_first_fit_with_restarting_positions() -> None:
     targets = zip(*(t.tolist() for t in (batch.target_row, batch.target_source, batch.target_token)), strict=True)
     assert sorted(targets) == [(0, 1, 8), (0, 2, 9), (0, 3, 10), (1, 0, 2), (1, 1, 3), (1, 3, 5)]
     assert (batch.count, batch.longest, batch.positions) == (4, 5, 12)
-    # Default width: twice the longest; one per row: right padding, and positions run on through it.
-    assert pack(seqs, PAD, layout="packed").input_ids.shape == (2, 10)
+    # Default width: twice the longest (rows of [5, 3, 2], [1]: 20 positions) or the longest ([5], [3, 2], [1]:
+    # 15), the fewer positions; rows cut to the fullest. One per row: right padding, positions run on through it.
+    assert pack(seqs, PAD, layout="packed").input_ids.shape == (3, 5)
+    assert pack(seqs[:3], PAD, layout="packed").input_ids.shape == (1, 10)
+    assert pack(seqs[2:3], PAD, layout="packed").input_ids.shape == (1, 5)
     alone = pack(seqs, PAD, layout="padded")
-    assert alone.input_ids.tolist() == [[6, 7, 8, 9, 10], [1, 2, 3, PAD, PAD], [4, 5, PAD, PAD, PAD], [11] + [PAD] * 4]
+    assert alone.input_ids.tolist() == [[1, 2, 3, PAD, PAD], [4, 5, PAD, PAD, PAD], [6, 7, 8, 9, 10], [11] + [PAD] * 4]
     assert alone.position_ids.tolist() == [list(range(5))] * 4 and not alone.packed
     assert pack(seqs, PAD, width=2, layout="packed").input_ids.shape[1] == 5  # never narrower than the longest
 
@@ -94,7 +97,7 @@ def test_pack_shares_a_prompt_between_its_responses() -> None:
     assert pack(many, PAD, width=6).input_ids.tolist() == [[7, 8, 1, 2, 3, 4], [7, 8, 5, 6, PAD, PAD]]
     # A sequence that comes again is computed once, and both copies get its targets.
     twice = pack([many[0], many[1], many[0]], PAD, width=8)
-    assert twice.input_ids.tolist() == [[7, 8, 1, 2, 3, 4, PAD, PAD]]
+    assert twice.input_ids.tolist() == [[7, 8, 1, 2, 3, 4]]  # cut to the fullest row
     assert twice.target_sequence.tolist().count(0) == 2 and 2 not in twice.target_sequence.tolist()
     assert twice.copy_of.tolist() == [0, 1, 0]
 
