@@ -1,20 +1,17 @@
-"""The implicit judge against a bare loop of the two models' forward passes, same batches.
+"""The implicit judge against a bare loop of the two models' forward passes, same packed batches.
 
 ``ImplicitRewardJudge.score`` on generated-style rows (K responses per prompt, reference = SFT model) is
-timed end to end: tokenization, loading both models (one at a time), the forward passes, log-softmax and
-gather, and building the output rows. The bare loop gets everything but the forward passes for free: both
-models already loaded, the sequences already tokenized and collated into the very batches the judge
-builds, and it runs only ``policy(...)`` and ``reference(...)`` under ``no_grad``, called as the judge
-calls them (``use_cache=False``, and logits only from each batch's first response position,
-``logits_to_keep``). Runs alternate (judge, bare, judge, ...); the best of each counts. The
-figure is scored tokens (prompt + response, no padding) per second.
+timed end to end: tokenization, loading both models (one at a time), packing, the forward passes,
+log-softmax and gather, and building the output rows. The bare loop gets everything but the forward passes
+for free: both models already loaded, the sequences already tokenized and packed into the very batches the
+judge builds (``length_sorted_batches`` with a prompt's responses kept together, then ``packing.pack``: no
+padding, each prompt once), and it runs only ``policy(...)`` and ``reference(...)`` under ``no_grad``,
+called as the judge calls them (``use_cache=False``, position ids and the shared-prompt mask, logits only
+where a response token is predicted). Runs alternate (judge, bare, judge, ...); the best of each counts.
+The figure is scored tokens (prompt + response of every sequence, no padding) per second.
 
-The judge forms its batches from length-sorted sequences (``length_sorted_batches``), so the bare loop
-uses those same batches (same members, same order, same batch size, same right padding). Input-order
-batches would make the bare loop compute ~1.5x the positions (the script prints both counts), and the
-ratio would then credit the judge for padding it skips rather than measure the overhead it adds. For
-information only, the bare loop over input-order batches (how the judge batched before) is timed too;
-it is not in the ratio.
+For information, outside the ratio, the bare loop is also timed on right-padded length-sorted batches with
+an attention mask and logits from each batch's first response position: how the judge ran before packing.
 
     .venv/bin/python benchmarks/judge_vs_bare.py
     .venv/bin/python benchmarks/judge_vs_bare.py --prompts 512 --batch-size 64 --hidden 128 --layers 4 --repeats 3
@@ -40,12 +37,8 @@ from spa_recipes.api import JudgeContext  # noqa: E402
 from spa_recipes.judges.config import ImplicitJudgeConfig  # noqa: E402
 from spa_recipes.judges.implicit import ImplicitRewardJudge  # noqa: E402
 from spa_recipes.modeling import load_model, load_tokenizer  # noqa: E402
-from spa_recipes.sequences import (  # noqa: E402
-    collate,
-    encode_responses,
-    length_sorted_batches,
-    response_logits_to_keep,
-)
+from spa_recipes.packing import layout_for, pack  # noqa: E402
+from spa_recipes.sequences import collate, encode_responses, length_sorted_batches  # noqa: E402
 
 
 def make_rows(n: int, k: int, vocab_words: int, seed: int = 0) -> list[dict]:
@@ -108,30 +101,44 @@ def main() -> None:
             for sequence in encode_responses(tokenizer, r["prompt"], r["responses"], max_prompt_length, max_length)
         ]
         tokens = sum(len(ids) for ids, _ in encoded)
-        batches = [
-            collate([encoded[i] for i in indices], tokenizer.pad_token_id)
-            for indices in length_sorted_batches([len(ids) for ids, _ in encoded], args.batch_size)
-        ]
-        input_order = [
-            collate(encoded[s : s + args.batch_size], tokenizer.pad_token_id)
-            for s in range(0, len(encoded), args.batch_size)
-        ]
-        computed = {
-            name: sum(b["input_ids"].numel() for b in bs) for name, bs in (("sorted", batches), ("input", input_order))
-        }
         models = [load_model(p, dtype="float32", device="cpu") for p in (policy_path, sft_path)]
+        layout = layout_for(models[0])
+        prompts = [tuple(ids[: labels.count(-100)]) for ids, labels in encoded]
+        lengths = [len(ids) for ids, _ in encoded]
+        packed = [
+            pack([encoded[i] for i in indices], tokenizer.pad_token_id, layout=layout)
+            for indices in length_sorted_batches(lengths, args.batch_size, prompts if layout == "shared" else None)
+        ]
+        padded = [
+            collate([encoded[i] for i in indices], tokenizer.pad_token_id)
+            for indices in length_sorted_batches(lengths, args.batch_size)
+        ]
+        computed = {"packed": sum(b.positions for b in packed), "padded": sum(b["input_ids"].numel() for b in padded)}
 
         @torch.no_grad()
-        def bare(batches: list[dict[str, torch.Tensor]] = batches) -> float:
+        def bare() -> float:
             start = time.perf_counter()
             for model in models:  # the judge also runs all batches through the policy, then the reference
-                for b in batches:
-                    keep = response_logits_to_keep(b["labels"])  # the judge's call: no logits for shared prompt
+                for b in packed:  # the judge's call (spa_recipes.packing.forward_packed)
+                    extra = {"position_ids": b.position_ids} if b.packed else {}
+                    if b.attention_mask is not None:
+                        extra["attention_mask"] = b.attention_mask
+                    keep = torch.unique(b.target_source)
+                    model(input_ids=b.input_ids, use_cache=False, logits_to_keep=keep, **extra)
+            return time.perf_counter() - start
+
+        @torch.no_grad()
+        def bare_padded() -> float:
+            start = time.perf_counter()
+            for model in models:
+                for b in padded:
+                    has_response = b["labels"] != -100
+                    first = int(has_response.float().argmax(1)[has_response.any(1)].min())
                     model(
                         input_ids=b["input_ids"],
                         attention_mask=b["attention_mask"],
                         use_cache=False,
-                        logits_to_keep=keep,
+                        logits_to_keep=b["labels"].shape[1] - max(first - 1, 0),
                     )
             return time.perf_counter() - start
 
@@ -141,11 +148,11 @@ def main() -> None:
             return time.perf_counter() - start
 
         bare()  # warm-up (thread pools, allocator)
-        times: dict[str, list[float]] = {"judge": [], "bare": [], "bare, input-order batches": []}
+        times: dict[str, list[float]] = {"judge": [], "bare": [], "bare, right-padded batches": []}
         for _ in range(args.repeats):
             times["judge"].append(judged())
             times["bare"].append(bare())
-            times["bare, input-order batches"].append(bare(input_order))
+            times["bare, right-padded batches"].append(bare_padded())
     best = {k: min(v) for k, v in times.items()}
     print(
         f"{args.prompts} prompts x {args.samples} responses = {len(encoded)} sequences, {tokens} tokens, "
@@ -153,13 +160,13 @@ def main() -> None:
         f"{torch.get_num_threads()} threads"
     )
     print(
-        f"  positions computed per model (tokens + padding): length-sorted batches {computed['sorted']}, "
-        f"input-order batches {computed['input']}"
+        f"  positions computed per model: packed batches ({layout}) {computed['packed']}, "
+        f"right-padded batches {computed['padded']}"
     )
     for name in times:
         runs = ", ".join(f"{t:.2f}s" for t in times[name])
         print(f"  {name:5s} best {best[name]:.2f}s  {tokens / best[name]:8.0f} tokens/s   (runs: {runs})")
-    print(f"  judge / bare (tokens/s, same length-sorted batches): {best['bare'] / best['judge']:.2f}")
+    print(f"  judge / bare (tokens/s, same packed batches): {best['bare'] / best['judge']:.2f}")
     print(
         f"reproduce: .venv/bin/python benchmarks/judge_vs_bare.py --prompts {args.prompts} --samples {args.samples} "
         f"--batch-size {args.batch_size} --hidden {args.hidden} --layers {args.layers} --vocab {args.vocab} "

@@ -170,18 +170,20 @@ class DisabledAdapterReference:
     def __init__(self, policy: Any) -> None:
         self.policy = policy
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0, **kw: Any) -> Any:
+    def forward(self, input_ids: torch.Tensor, **kw: Any) -> Any:
         was_training = self.policy.training
         self.policy.eval()
         try:
             with torch.no_grad(), adapter_disabled(self.policy):
-                return self.policy(
-                    input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep, **kw
-                )
+                return self.policy(input_ids=input_ids, **kw)
         finally:
             self.policy.train(was_training)
 
     __call__ = forward
+
+    def get_base_model(self) -> Any:
+        """The transformers model it computes with (what the trainers ask: packing layout, LM head)."""
+        return base_of(self.policy)
 
 
 def reference_from_policy(policy: Any, policy_path: str, reference_path: str) -> DisabledAdapterReference | None:

@@ -49,35 +49,23 @@ def spa_dpo_loss(
     return losses, margins
 
 
-def extrapolated_sequence_logps(
-    policy_logits: torch.Tensor,
-    ref_logits: torch.Tensor | None,
-    labels: torch.Tensor,
-    loss_mask: torch.Tensor,
-    lam: float,
-) -> torch.Tensor:
-    """Summed log-probs of the labels under the extrapolated model ``(1 + lam) * h_pi - lam * h_ref`` (DND).
-
-    The one-position shift between logits and labels is the caller's: ``policy_logits[:, t]`` must
-    already be the prediction for ``labels[:, t]`` (use :func:`spa_recipes.sequences.shift_for_logps`).
+def extrapolated_logits(policy_logits: torch.Tensor, ref_logits: torch.Tensor | None, lam: float) -> torch.Tensor:
+    """The extrapolated model's logits ``(1 + lam) * h_pi - lam * h_ref`` (DND), in float32.
 
     Args:
-        policy_logits: ``[batch, seq, vocab]`` logits of the policy (detach them for a confidence score).
-        ref_logits: ``[batch, seq, vocab]`` logits of the DPO reference on the same inputs; unused when lam == 0.
-        labels: ``[batch, seq]`` target ids aligned with the logits; any valid id where ``loss_mask`` is 0.
-        loss_mask: ``[batch, seq]`` bool or 0/1, the response positions to sum.
-        lam: extrapolation strength; 0 gives the policy's own sequence log-probs exactly.
+        policy_logits: logits of the policy (detach them for a confidence score).
+        ref_logits: logits of the DPO reference at the same positions; unused when lam == 0.
+        lam: extrapolation strength; 0 gives the policy's own logits (its log-probs exactly).
 
-    Returns:
-        ``[batch]`` float32 sums of the masked per-token log-probs.
+    Raises:
+        ValueError: ``lam != 0`` without ``ref_logits``.
     """
     logits = policy_logits.float()
-    if lam != 0:
-        if ref_logits is None:
-            raise ValueError("extrapolated_sequence_logps needs ref_logits when lam != 0")
-        logits = (1.0 + lam) * logits - lam * ref_logits.float()
-    token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, labels.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * loss_mask).sum(-1)
+    if lam == 0:
+        return logits
+    if ref_logits is None:
+        raise ValueError("extrapolated_logits needs ref_logits when lam != 0")
+    return (1.0 + lam) * logits - lam * ref_logits.float()
 
 
 class DPOLoss:

@@ -29,13 +29,14 @@ Phi-2's own tokenizer never adds), and its keep-end cut drops the BOS of a cut p
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from spa_recipes.packing import layout_for, output_head, pack
+from spa_recipes.packing import sequence_logps as packed_sequence_logps
 
 Messages = list[dict[str, str]]
 Encoded = tuple[list[int], list[int]]
@@ -187,17 +188,6 @@ def collate(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id: int)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def shift_for_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Align logits at position t with the label at t+1.
-
-    Returns:
-        ``(logits[:, :-1], labels[:, 1:] with -100 replaced by 0, loss_mask)``.
-    """
-    shifted_labels = labels[:, 1:]
-    mask = shifted_labels != -100
-    return logits[:, :-1], shifted_labels.masked_fill(~mask, 0), mask
-
-
 def encode_sequences(
     tokenizer: Any,
     prompts: Sequence[Messages],
@@ -258,15 +248,19 @@ def encode_sequences(
     return out
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, groups: Sequence[Any] | None = None
+) -> list[list[int]]:
     """Indices cut into batches of sequences of similar length, so right padding stays small.
 
     Longest first (the largest batch comes first, so running out of memory shows at once); equal
-    lengths keep their input order, so the batches are a fixed function of ``lengths``.
+    lengths keep their input order, so the batches are a fixed function of ``lengths`` (and ``groups``).
 
     Args:
         lengths: the length of each sequence.
         batch_size: sequences per batch (the last one may be smaller).
+        groups: a key per sequence (e.g. its prompt's ids): sequences with one key stay next to each other,
+            in input order, ranked by the group's longest, so a packed batch computes their prompt once.
 
     Returns:
         Lists of indices into ``lengths``, every index exactly once.
@@ -276,67 +270,12 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    members: dict[Any, list[int]] = {}
+    for i in range(len(lengths)):
+        members.setdefault(i if groups is None else groups[i], []).append(i)
+    ranked = sorted(members.values(), key=lambda group: -max(lengths[i] for i in group))
+    order = [i for group in ranked for i in group]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def sequence_logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence sum of response-token log-probs, and the number of response tokens.
-
-    The log-softmax runs only over the logits rows at response positions (prompt and padding rows are
-    never normalised), in float32; the per-token log-probs are put back in place, with zeros elsewhere,
-    and summed per sequence. Differentiable with respect to ``logits``.
-
-    Args:
-        logits: ``[batch, seq, vocab]`` from a forward pass over ``input_ids``.
-        labels: ``[batch, seq]`` as built by :func:`join_prompt_response` (-100 on prompt and padding).
-
-    Returns:
-        ``(logps [batch] float32, lengths [batch])``.
-    """
-    logits, targets, mask = shift_for_logps(logits, labels)
-    rows = logits[mask].float()  # [response tokens, vocab], a copy
-    if torch.is_grad_enabled() and rows.requires_grad:
-        rows = F.log_softmax(rows, dim=-1)
-    else:  # scoring: normalise the copy in place, one buffer of that size instead of two
-        rows = torch.log_softmax(rows, dim=-1, out=rows)
-    token_logps = rows.gather(1, targets[mask].unsqueeze(-1)).squeeze(-1)
-    # Back in place and summed along the sequence, the order a full-position sum would add them in.
-    placed = torch.zeros(mask.shape, dtype=token_logps.dtype, device=token_logps.device)
-    return placed.masked_scatter(mask, token_logps).sum(-1), mask.sum(-1)
-
-
-def takes_logits_to_keep(model: Any) -> bool:
-    """Whether ``model``'s forward accepts ``logits_to_keep`` (transformers' causal LMs do)."""
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def response_logits_to_keep(labels: torch.Tensor) -> int:
-    """How many trailing positions' logits a batch needs: from the one before its earliest response token.
-
-    The LM head then skips the prompt positions every row shares (with a large vocabulary the logits of a
-    long prompt are the biggest tensor of the pass). Passed as a model's ``logits_to_keep``; always >= 1.
-    """
-    has_response = labels != -100
-    width = labels.shape[1]
-    first = int(torch.where(has_response.any(1), has_response.float().argmax(1), width).min())  # rows without: none
-    return width - max(first - 1, 0)
-
-
-def response_logits(
-    model: Any, batch: dict[str, torch.Tensor], *, trim: bool, **kwargs: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A forward pass over a collated batch: its logits, and the labels aligned with them.
-
-    With ``trim`` (for a model that :func:`takes_logits_to_keep`) the logits start at the position before
-    the batch's earliest response token (:func:`response_logits_to_keep`) and the labels are cut to match,
-    so :func:`sequence_logps_from_logits` and :func:`shift_for_logps` work on them unchanged.
-    ``kwargs`` go to the model (e.g. ``use_cache=False``).
-    """
-    if trim:
-        kwargs["logits_to_keep"] = response_logits_to_keep(batch["labels"])
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
-    return logits, batch["labels"][:, batch["labels"].shape[1] - logits.shape[1] :]
 
 
 @torch.no_grad()
@@ -350,16 +289,17 @@ def score_encoded(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs and response lengths of already encoded sequences under ``model``.
 
-    Batches are formed from length-sorted sequences (:func:`length_sorted_batches`), so little of each
-    forward pass is spent on padding; the results come back in input order. A model that takes
-    ``logits_to_keep`` (transformers' causal LMs do) computes logits only from the batch's first response
-    position on (:func:`response_logits_to_keep`).
+    Batches of ``batch_size`` sequences are formed from length-sorted sequences, those with one prompt kept
+    together (:func:`length_sorted_batches`; the longest first, so running out of memory shows at once),
+    and packed without padding, each prompt computed once per batch (:func:`spa_recipes.packing.pack`);
+    the LM head runs only where a response token is predicted (:func:`spa_recipes.packing.forward_packed`).
+    The results come back in input order.
 
     Args:
         model: a causal LM.
         encoded: ``(input_ids, labels)`` per sequence (:func:`encode_sequences`).
         batch_size: sequences per forward pass.
-        pad_token_id: the id used for right padding.
+        pad_token_id: the id at the padding positions left at the end of a row.
         device: where to run; default the model's device.
 
     Returns:
@@ -368,13 +308,11 @@ def score_encoded(
     device = device or next(model.parameters()).device
     logps = torch.zeros(len(encoded))
     lengths = torch.zeros(len(encoded), dtype=torch.long)
-    trims = takes_logits_to_keep(model)
-    for indices in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
-        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_token_id).items()}
-        # No KV cache: nothing is generated after this pass, and building one costs ~3% of it.
-        logits, labels = response_logits(model, batch, trim=trims, use_cache=False)
-        lp, n = sequence_logps_from_logits(logits, labels)
-        del logits  # not alive next to the next batch's logits (with a large vocabulary, the biggest tensor)
+    layout, head = layout_for(model), output_head(model)
+    prompts = [tuple(ids[: labels.count(-100)]) for ids, labels in encoded] if layout == "shared" else None
+    for indices in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size, prompts):
+        batch = pack([encoded[i] for i in indices], pad_token_id, layout=layout).to(device)
+        lp, n = packed_sequence_logps(model, batch, head=head)
         where = torch.tensor(indices)
         logps[where] = lp.cpu()
         lengths[where] = n.cpu()

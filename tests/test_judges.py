@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import spa_recipes.judges.implicit as implicit
@@ -23,9 +22,7 @@ from spa_recipes.sequences import (
     encode_sequences,
     join_prompt_response,
     length_sorted_batches,
-    response_logits_to_keep,
     score_sequences,
-    sequence_logps_from_logits,
 )
 
 ROWS = [
@@ -251,65 +248,6 @@ def test_score_sequences_matches_one_sequence_at_a_time(tiny_models: dict[str, s
         assert lengths.tolist() == expected_lengths
     logps, lengths = score_sequences(model, tokenizer, [], [], batch_size=4)
     assert logps.shape == lengths.shape == (0,)
-
-
-def test_score_sequences_skips_the_lm_head_on_shared_prompt_positions(tiny_models: dict[str, str]) -> None:
-    tokenizer = load_tokenizer(tiny_models["a"])
-    model = load_model(tiny_models["a"], dtype="float32", device="cpu")
-    seen: list[int] = []
-    hook = model.lm_head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[1]))
-    try:
-        score_sequences(model, tokenizer, PROMPTS, RESPONSES, batch_size=len(PROMPTS))
-    finally:
-        hook.remove()
-    prompts = [len(encode_prompt(tokenizer, p)) for p in PROMPTS]
-    width = max(n + len(encode_response(tokenizer, r)) for n, r in zip(prompts, RESPONSES, strict=True))
-    # One batch: logits from the position before the shortest prompt's first response token, not all positions.
-    assert seen == [width - (min(prompts) - 1)]
-    assert seen[0] < width
-    # The values are the test above's. Rows with no response token need no logits; one position is always kept.
-    labels = torch.full((2, 5), -100)
-    assert response_logits_to_keep(labels) == 1
-    labels[1, 3:] = 7
-    assert response_logits_to_keep(labels) == 3
-    labels[0, 1:] = 7
-    assert response_logits_to_keep(labels) == 5
-
-
-def _full_vocab_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The plain formula: log-softmax at every position, gather, sum over the response positions."""
-    targets, mask = labels[:, 1:], labels[:, 1:] != -100
-    token = torch.gather(F.log_softmax(logits[:, :-1].float(), dim=-1), 2, targets.clamp(min=0).unsqueeze(-1))
-    return (token.squeeze(-1) * mask).sum(-1)
-
-
-def test_sequence_logps_from_logits_equals_full_log_softmax_with_gradients() -> None:
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(4, 9, 13, generator=g)
-    labels = torch.randint(0, 13, (4, 9), generator=g)
-    labels[:, :3] = -100  # prompt
-    labels[1, 6:] = -100  # padding
-    labels[3, :] = -100  # no response token at all
-    mine = logits.clone().requires_grad_(True)
-    plain = logits.clone().requires_grad_(True)
-    logps, lengths = sequence_logps_from_logits(mine, labels)
-    expected = _full_vocab_logps(plain, labels)
-    torch.testing.assert_close(logps, expected, atol=1e-5, rtol=0)
-    assert lengths.tolist() == [6, 3, 6, 0] and logps[3] == 0
-    weights = torch.tensor([1.0, -2.0, 0.5, 3.0])
-    (logps * weights).sum().backward()
-    (expected * weights).sum().backward()
-    torch.testing.assert_close(mine.grad, plain.grad, atol=1e-5, rtol=0)
-    assert mine.grad[:, :2].abs().sum() == 0  # prompt positions get no gradient
-    # Half-precision logits are normalised in float32.
-    half, _ = sequence_logps_from_logits(logits.bfloat16(), labels)
-    assert half.dtype == torch.float32
-    torch.testing.assert_close(half, _full_vocab_logps(logits.bfloat16(), labels), atol=1e-5, rtol=0)
-    # Non-finite logits outside the response (prompt, padding) no longer reach the sums.
-    poisoned = logits.clone()
-    poisoned[:, 0] = float("nan")
-    poisoned[1, 7] = float("-inf")
-    torch.testing.assert_close(sequence_logps_from_logits(poisoned, labels)[0], expected.detach(), atol=1e-5, rtol=0)
 
 
 def test_implicit_judge_tokenizes_each_response_once(

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spa_recipes.loss import DPOLoss, extrapolated_sequence_logps, spa_dpo_loss
+from spa_recipes.loss import DPOLoss, extrapolated_logits, spa_dpo_loss
 from spa_recipes.loss_config import DPOLossConfig
-from spa_recipes.sequences import sequence_logps_from_logits, shift_for_logps
+from spa_recipes.packing import token_logps
 
 
 def trl_dpo_loss(pc, pr, rc, rr, *, beta: float, loss_type: str, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -108,39 +108,25 @@ def test_dpo_loss_component_uses_beta() -> None:
     torch.testing.assert_close(losses, -F.logsigmoid(margins))
 
 
-def _logits_and_labels(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rows(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Policy and reference logits at 6 response positions over a vocabulary of 11, and their targets."""
     g = torch.Generator().manual_seed(seed)
-    policy = torch.randn(3, 7, 11, generator=g)
-    ref = torch.randn(3, 7, 11, generator=g)
-    labels = torch.randint(0, 11, (3, 7), generator=g)
-    labels[:, :3] = -100  # prompt
-    labels[1, 5:] = -100  # padding
-    return policy, ref, labels
+    return torch.randn(6, 11, generator=g), torch.randn(6, 11, generator=g), torch.randint(0, 11, (6,), generator=g)
 
 
-def test_extrapolated_logps_lambda_zero_is_the_policy() -> None:
-    policy, ref, labels = _logits_and_labels(0)
-    logits, targets, mask = shift_for_logps(policy, labels)
-    ref_shifted, _, _ = shift_for_logps(ref, labels)
-    got = extrapolated_sequence_logps(logits, ref_shifted, targets, mask, lam=0.0)
-    expected, _ = sequence_logps_from_logits(policy, labels)
-    assert torch.equal(got, expected)
+def test_extrapolated_logits_lambda_zero_is_the_policy() -> None:
+    policy, ref, targets = _rows(0)
+    assert torch.equal(token_logps(extrapolated_logits(policy, ref, 0.0), targets), token_logps(policy, targets))
+    assert torch.equal(extrapolated_logits(policy, None, 0.0), policy)
+    with pytest.raises(ValueError, match="needs ref_logits"):
+        extrapolated_logits(policy, None, 0.5)
 
 
-def test_extrapolated_logps_matches_direct_computation() -> None:
-    policy, ref, labels = _logits_and_labels(1)
-    lam = 0.5
-    logits, targets, mask = shift_for_logps(policy, labels)
-    ref_shifted, _, _ = shift_for_logps(ref, labels)
-    got = extrapolated_sequence_logps(logits, ref_shifted, targets, mask, lam=lam)
-    # Direct: per sequence, per response position, log of the normalised exp of the mixed logits.
-    expected = torch.zeros(3)
-    for b in range(3):
-        for t in range(6):
-            if labels[b, t + 1] == -100:
-                continue
-            h = 1.5 * policy[b, t] - 0.5 * ref[b, t]
-            expected[b] += h[labels[b, t + 1]] - torch.log(torch.exp(h).sum())
+def test_extrapolated_logps_match_direct_computation() -> None:
+    policy, ref, targets = _rows(1)
+    got = token_logps(extrapolated_logits(policy, ref, 0.5), targets)
+    # Direct: per position, log of the normalised exp of the mixed logits.
+    mixed = 1.5 * policy - 0.5 * ref
+    expected = torch.stack([h[t] - torch.log(torch.exp(h).sum()) for h, t in zip(mixed, targets, strict=True)])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    policy_only, _ = sequence_logps_from_logits(policy, labels)
-    assert (got - policy_only).abs().max() > 1e-2
+    assert (got - token_logps(policy, targets)).abs().max() > 1e-2

@@ -27,8 +27,9 @@ ACTIVATION_F = 4
 # recomputed layer's activations and their gradients: twice one layer's (README).
 RECOMPUTE_FACTOR = 2
 # Logits of a trained forward, bytes per row-token per vocabulary entry: the logits in the compute dtype (a), their
-# float32 copy (4, none when a = 4) and the float32 log-softmax the backward keeps (4)
-# (spa_recipes.sequences.sequence_logps_from_logits).
+# float32 copy (4, none when a = 4) and the float32 log-softmax the backward keeps (4) (spa_recipes.packing.
+# token_logps). Counted at every position of every row: an upper bound, since the LM head runs only where a
+# response token is predicted (spa_recipes.packing.forward_packed).
 LOGSOFTMAX_BYTES = 4
 # DND (extrapolated confidence): the reference's logits and the extrapolated log-softmax of one length-sorted pass
 # (half the rows) beside the policy's: about ``a`` bytes per row-token of the micro-batch. With a = 2 the total,

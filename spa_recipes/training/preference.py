@@ -1,9 +1,8 @@
 """DPO with SPA's self-refinement (SR) and decoupled noise detection (DND), on Accelerate.
 
-One micro-batch of B pairs is 2B rows (chosen and rejected), sorted by length and run through the policy
-in ``FORWARD_PASSES`` forward passes, each right-padded to its own longest row: a chosen response much
-shorter than its rejected one is not padded to the other's length. The DPO reference is frozen. Its log-probs are
-computed once before training (or taken from ``ref_logps``, e.g. the judge stage's) and the reference
+One micro-batch of B pairs is 2B sequences (chosen and rejected), packed without padding
+(:mod:`spa_recipes.packing`) and run through the policy in one forward pass. The DPO reference is frozen.
+Its log-probs are computed once before training (or taken from ``ref_logps``, e.g. the judge stage's) and the reference
 model is freed, except when DND needs its per-token logits (``confidence == "extrapolated"`` and
 ``lam != 0``): then the reference runs alongside the policy at every step, and its logits and the
 policy's (detached) give ``log p_ext`` with no extra forward pass of the policy.
@@ -20,30 +19,27 @@ from typing import Any
 
 import torch
 
-from spa_recipes.adapters import adapter_disabled, base_of, load_policy, reference_from_policy, save_policy
+from spa_recipes.adapters import adapter_disabled, load_policy, reference_from_policy, save_policy
 from spa_recipes.adapters_config import LoraAdapterConfig
 from spa_recipes.atomic import loads_json, write_json_atomic
 from spa_recipes.errors import DataError
-from spa_recipes.loss import DPOLoss, extrapolated_sequence_logps
+from spa_recipes.loss import DPOLoss, extrapolated_logits
 from spa_recipes.modeling import load_model, load_tokenizer
-from spa_recipes.schema import TrainingSection
-from spa_recipes.sequences import (
-    collate,
-    encode_responses,
-    length_sorted_batches,
-    response_logits,
-    score_encoded,
-    sequence_logps_from_logits,
-    shift_for_logps,
-    takes_logits_to_keep,
+from spa_recipes.packing import (
+    forward_packed,
+    layout_for,
+    output_head,
+    pack,
+    sequence_sums,
+    token_logps,
 )
+from spa_recipes.schema import TrainingSection
+from spa_recipes.sequences import encode_sequences, score_encoded
 from spa_recipes.training.loop import MicroBatch, read_metrics, run_training_loop
 from spa_recipes.training.optimization import make_accelerator, parallelism
 
 REF_LOGPS_CACHE = "ref_logps.json"
 Encoded = tuple[list[int], list[int]]
-# Forward passes per micro-batch (its rows sorted by length): less padding than one pass, big enough matmuls.
-FORWARD_PASSES = 2
 
 
 def encode_pairs(
@@ -54,17 +50,20 @@ def encode_pairs(
     Raises:
         DataError: a row without ``id``, ``prompt``, ``chosen`` or ``rejected``.
     """
-    chosen, rejected = [], []
     for n, row in enumerate(pairs):
         missing = [k for k in ("id", "prompt", "chosen", "rejected") if k not in row]
         if missing:
             raise DataError(f"preference pair {row.get('id', f'#{n}')}: missing {', '.join(missing)}")
-        # Chosen and rejected share one prompt cut, decided by the longer of the two (TRL's rule).
-        pair = [row["chosen"], row["rejected"]]
-        c, r = encode_responses(tokenizer, row["prompt"], pair, training.max_prompt_length, training.max_length)
-        chosen.append(c)
-        rejected.append(r)
-    return chosen, rejected
+    # Chosen and rejected share one prompt cut, decided by the longer of the two (TRL's rule): groups of 2.
+    encoded = encode_sequences(
+        tokenizer,
+        [row["prompt"] for row in pairs for _ in range(2)],
+        [text for row in pairs for text in (row["chosen"], row["rejected"])],
+        training.max_prompt_length,
+        training.max_length,
+        group_sizes=[2] * len(pairs),
+    )
+    return encoded[0::2], encoded[1::2]
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -243,36 +242,32 @@ def train_preference(
             )
     ids = [str(row["id"]) for row in pairs]
 
-    trims = takes_logits_to_keep(base_of(policy)) and (ref_model is None or takes_logits_to_keep(ref_model))
+    # Asked of the unwrapped models (an adapter's reference answers for the base it computes with): the loop
+    # wraps the policy for DDP.
+    head = output_head(policy)
+    ref_head = output_head(ref_model) if ref_model is not None else None
+    layout = layout_for(policy) if ref_model is None or layout_for(ref_model) == layout_for(policy) else "padded"
 
     def forward(
         model: Any, rows: list[Encoded], with_reference: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Policy log-probs of ``rows`` in their order; ``with_reference`` (DND) also the reference's and
-        ``log p_ext``'s."""
-        parts: list[list[torch.Tensor]] = [[], [], []]
-        order: list[int] = []
-        for group in length_sorted_batches([len(ids) for ids, _ in rows], math.ceil(len(rows) / FORWARD_PASSES)):
-            batch = {k: v.to(accelerator.device) for k, v in collate([rows[i] for i in group], pad_id).items()}
-            # Logits (and their gradient) only from the pass's first response position on: the LM head
-            # skips the prompt positions all its rows share.
-            with accelerator.autocast():
-                logits, labels = response_logits(model, batch, trim=trims)
-            parts[0].append(sequence_logps_from_logits(logits, labels)[0])
-            if with_reference:
-                with torch.no_grad(), accelerator.autocast():
-                    ref_logits, _ = response_logits(ref_model, batch, trim=trims)
-                parts[1].append(sequence_logps_from_logits(ref_logits, labels)[0])
-                shifted, targets, mask = shift_for_logps(logits.detach(), labels)
-                parts[2].append(extrapolated_sequence_logps(shifted, ref_logits[:, :-1], targets, mask, lam))
-                del ref_logits
-            del logits
-            order += group
-        back = torch.empty(len(order), dtype=torch.long)
-        back[torch.tensor(order)] = torch.arange(len(order))
-        back = back.to(accelerator.device)
-        logps, ref_seq, conf_logps = (torch.cat(p)[back] if p else None for p in parts)
-        return logps, ref_seq, conf_logps
+        """Policy log-probs of ``rows`` in their order, in one padding-free pass; ``with_reference`` (DND)
+        also the reference's and ``log p_ext``'s."""
+        batch = pack(rows, pad_id, layout=layout).to(accelerator.device)
+        with accelerator.autocast():
+            out = forward_packed(model, batch, head=head)
+
+        def sums(values: torch.Tensor) -> torch.Tensor:
+            return sequence_sums(values, out, batch.count, batch.longest)
+
+        logps = sums(token_logps(out.logits, out.targets))
+        if not with_reference:
+            return logps, None, None
+        with torch.no_grad(), accelerator.autocast():
+            ref = forward_packed(ref_model, batch, head=ref_head)
+        conf_logps = sums(token_logps(extrapolated_logits(out.logits.detach(), ref.logits, lam), out.targets))
+        ref_logps = sums(token_logps(ref.logits, out.targets, in_place=True))
+        return logps, ref_logps, conf_logps
 
     def rows_of(indices: list[int]) -> list[Encoded]:
         """The 2n sequences of the pairs at ``indices``: the chosen ones, then the rejected ones."""

@@ -13,14 +13,9 @@ import torch.nn.functional as F
 
 from spa_recipes.errors import DataError
 from spa_recipes.modeling import load_model
+from spa_recipes.packing import forward_packed, layout_for, output_head, pack
 from spa_recipes.schema import TrainingSection
-from spa_recipes.sequences import (
-    collate,
-    encode_responses,
-    response_logits,
-    shift_for_logps,
-    takes_logits_to_keep,
-)
+from spa_recipes.sequences import encode_sequences
 from spa_recipes.training.loop import MicroBatch, run_training_loop, save_trained
 from spa_recipes.training.optimization import make_accelerator, parallelism
 
@@ -70,26 +65,34 @@ def train_sft(
     if isinstance(model, (str, Path)):
         model = load_model(str(model), "float32")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = []
     for n, row in enumerate(examples):
         if "prompt" not in row or "response" not in row:
             raise DataError(f"sft example {row.get('id', f'#{n}')}: needs 'prompt' and 'response'")
-        prompt, response = row["prompt"], [row["response"]]
-        encoded += encode_responses(tokenizer, prompt, response, training.max_prompt_length, training.max_length)
+    encoded = encode_sequences(
+        tokenizer,
+        [row["prompt"] for row in examples],
+        [row["response"] for row in examples],
+        training.max_prompt_length,
+        training.max_length,
+    )
 
-    trims = takes_logits_to_keep(model)
+    head, layout = output_head(model), layout_for(model)  # asked before the loop wraps the model for DDP
 
     def compute(model: Any, indices: list[int], step: int, total_steps: int) -> MicroBatch:
-        batch = {k: v.to(accelerator.device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
-        # Logits only from the batch's first response position on, and the loss only on response tokens.
+        batch = pack([encoded[i] for i in indices], pad_id, layout=layout).to(accelerator.device)
+        # Padding-free rows; logits only where a response token is predicted, and the loss on those.
         with accelerator.autocast():
-            logits, labels = response_logits(model, batch, trim=trims)
-        shifted, targets, mask = shift_for_logps(logits, labels)
-        loss = F.cross_entropy(shifted[mask].float(), targets[mask], reduction="sum") / mask.sum().clamp(min=1)
+            out = forward_packed(model, batch, head=head)
+        targets = len(out.targets)
+        loss = F.cross_entropy(out.logits.float(), out.targets, reduction="sum") / max(targets, 1)
         return MicroBatch(
             loss=loss,
             means={"loss": float(loss.detach())},
-            sums={"tokens": float(batch["attention_mask"].sum()), "response_tokens": float(mask.sum())},
+            sums={
+                "tokens": float(sum(len(encoded[i][0]) for i in indices)),
+                "positions": float(batch.positions),
+                "response_tokens": float(targets),
+            },
         )
 
     result = run_training_loop(
