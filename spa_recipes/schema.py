@@ -128,8 +128,8 @@ class TrainingSection(Section):
     )
     group_by_length: bool = Field(
         False,
-        description="batch examples of similar length together (less padding, faster); the batches are still "
-        "drawn in random order",
+        description="batch examples of similar length together (packed rows fill better); the batches are "
+        "still drawn in random order",
     )
     gradient_checkpointing: bool = Field(
         False,
