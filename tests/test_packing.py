@@ -228,3 +228,32 @@ def test_dpo_packed_trains_the_same_weights_as_one_sequence_per_row(
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
     assert packed["final_loss"] < 0.69  # it trained: below log 2, the loss of equal log-ratios
+
+
+def test_sft_counts_a_repeated_example_as_often_as_it_comes(tiny: str, tmp_path: Path) -> None:
+    """Packing computes an example the micro-batch holds twice once; the SFT loss still weighs it twice."""
+    from spa_recipes.training.sft import train_sft
+
+    tokenizer = load_tokenizer(tiny)
+    rows = [{"prompt": [{"role": "user", "content": f"w{i}"}], "response": f"w{i + 1} w{i + 2}"} for i in range(3)]
+    twice = [rows[0], rows[0], rows[1], rows[2]]
+    losses = []
+    for name, examples in (("twice", twice), ("alone", [rows[0], rows[1], rows[2]])):
+        summary = train_sft(
+            examples,
+            model=tiny,
+            tokenizer=tokenizer,
+            output_dir=tmp_path / name / "model",
+            work_dir=tmp_path / name / "work",
+            training=section(batch_size=4, learning_rate=1e-9),
+            seed=0,
+            progress=False,
+        )
+        losses.append(summary["first_loss"])
+    model = load_model(tiny, dtype="float32")
+    seqs = encode_sequences(tokenizer, [r["prompt"] for r in twice], [r["response"] for r in twice])
+    with torch.no_grad():
+        per_token = [(one_at_a_time(model, [s]).item(), sum(lab != -100 for lab in s[1][1:])) for s in seqs]
+    expected = -sum(lp for lp, _ in per_token) / sum(n for _, n in per_token)
+    assert losses[0] == pytest.approx(expected, abs=1e-4)
+    assert losses[0] != pytest.approx(losses[1], abs=1e-4)

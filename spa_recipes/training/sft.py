@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 
 from spa_recipes.errors import DataError
@@ -83,15 +84,18 @@ def train_sft(
         # Padding-free rows; logits only where a response token is predicted, and the loss on those.
         with accelerator.autocast():
             out = forward_packed(model, batch, head=head)
-        targets = len(out.targets)
-        loss = F.cross_entropy(out.logits.float(), out.targets, reduction="sum") / max(targets, 1)
+        # A sequence the batch holds twice is computed once (packing.pack): its tokens count as often as it comes.
+        weights = torch.bincount(out.copy_of, minlength=batch.count)[out.sequence].float()
+        targets = float(weights.sum())
+        losses = F.cross_entropy(out.logits.float(), out.targets, reduction="none")
+        loss = (losses * weights).sum() / max(targets, 1.0)
         return MicroBatch(
             loss=loss,
             means={"loss": float(loss.detach())},
             sums={
                 "tokens": float(sum(len(encoded[i][0]) for i in indices)),
                 "positions": float(batch.positions),
-                "response_tokens": float(targets),
+                "response_tokens": targets,
             },
         )
 
