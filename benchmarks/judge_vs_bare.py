@@ -37,7 +37,7 @@ from spa_recipes.api import JudgeContext  # noqa: E402
 from spa_recipes.judges.config import ImplicitJudgeConfig  # noqa: E402
 from spa_recipes.judges.implicit import ImplicitRewardJudge  # noqa: E402
 from spa_recipes.modeling import load_model, load_tokenizer  # noqa: E402
-from spa_recipes.packing import layout_for, pack  # noqa: E402
+from spa_recipes.packing import layout_for, pack, prompt_key  # noqa: E402
 from spa_recipes.sequences import collate, encode_responses, length_sorted_batches  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def main() -> None:
         tokens = sum(len(ids) for ids, _ in encoded)
         models = [load_model(p, dtype="float32", device="cpu") for p in (policy_path, sft_path)]
         layout = layout_for(models[0])
-        prompts = [tuple(ids[: labels.count(-100)]) for ids, labels in encoded]
+        prompts = [prompt_key(sequence) for sequence in encoded]
         lengths = [len(ids) for ids, _ in encoded]
         packed = [
             pack([encoded[i] for i in indices], tokenizer.pad_token_id, layout=layout)

@@ -117,6 +117,13 @@ def _prompt_length(labels: list[int]) -> int:
     return max(n, min(1, len(labels)))
 
 
+def prompt_key(sequence: tuple[list[int], list[int]]) -> tuple[int, ...]:
+    """The prompt ids of an ``(input_ids, labels)`` sequence: sequences with one key share a block in :func:`pack`
+    (batch them together, e.g. :func:`spa_recipes.sequences.length_sorted_batches`' ``groups``)."""
+    ids, labels = sequence
+    return tuple(ids[: _prompt_length(labels)])
+
+
 def _blocks(
     sequences: Sequence[tuple[list[int], list[int]]], indices: list[int], width: int, share: bool
 ) -> list[tuple[int, list[int]]]:
@@ -127,7 +134,7 @@ def _blocks(
         return [(prompts[i], [i]) for i in indices]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i in indices:
-        groups.setdefault(tuple(sequences[i][0][: prompts[i]]), []).append(i)
+        groups.setdefault(prompt_key(sequences[i]), []).append(i)
     blocks = []
     for key, members in groups.items():
         current: list[int] = []

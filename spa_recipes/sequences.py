@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from spa_recipes.packing import layout_for, output_head, pack
+from spa_recipes.packing import layout_for, output_head, pack, prompt_key
 from spa_recipes.packing import sequence_logps as packed_sequence_logps
 
 Messages = list[dict[str, str]]
@@ -309,7 +309,7 @@ def score_encoded(
     logps = torch.zeros(len(encoded))
     lengths = torch.zeros(len(encoded), dtype=torch.long)
     layout, head = layout_for(model), output_head(model)
-    prompts = [tuple(ids[: labels.count(-100)]) for ids, labels in encoded] if layout == "shared" else None
+    prompts = [prompt_key(sequence) for sequence in encoded] if layout == "shared" else None
     for indices in length_sorted_batches([len(ids) for ids, _ in encoded], batch_size, prompts):
         batch = pack([encoded[i] for i in indices], pad_token_id, layout=layout).to(device)
         lp, n = packed_sequence_logps(model, batch, head=head)
