@@ -19,7 +19,9 @@ INTERRUPTIONS = 20
 
 
 def files(run_dir: Path) -> set[Path]:
-    return {p for p in run_dir.rglob("*") if p.is_file()} if run_dir.is_dir() else set()
+    """The files under run_dir now. os.walk skips a folder the running job removes mid-walk (a checkpoint it
+    prunes), where Path.rglob raises FileNotFoundError."""
+    return {Path(root, name) for root, _, names in os.walk(run_dir) for name in names}
 
 
 def interrupted_attempt(out: Path, rng: random.Random) -> tuple[int, str, str]:
