@@ -14,6 +14,12 @@ i.e. the predicted win rate had the two responses been equally long. AlpacaEval'
 per-instruction difficulty term and is fitted jointly over many models; with one model against one
 baseline that term is dropped. The small L2 penalty keeps (a, b) finite when the outcomes are all wins,
 all losses, or perfectly separated by length (it pulls those rates slightly toward 50).
+
+Intervals are over prompts: with K samples per prompt a prompt's outcome is the mean of its K, and the 95%
+interval is a percentile bootstrap that resamples prompts (:func:`bootstrap_interval`); two models evaluated on
+the same prompts are compared prompt by prompt (:func:`paired_difference`), which removes the prompts' own
+difficulty from the noise. The interval covers the evaluation's sampling (which prompts, which draws), not the
+training's: runs with other seeds are what measure that.
 """
 
 from __future__ import annotations
@@ -27,6 +33,43 @@ from spa_recipes.judges.base import Judge
 
 Messages = list[dict[str, str]]
 CompareFn = Callable[[Sequence[Messages], Sequence[str], Sequence[str]], list[float | None]]
+
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def bootstrap_interval(values: Sequence[float], level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one per prompt), resampling the values.
+
+    Deterministic for a given ``seed``; a single value gives ``(value, value)``.
+
+    Raises:
+        ValueError: if ``values`` is empty.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError("need a non-empty list of values")
+    means = x[np.random.default_rng(seed).integers(0, len(x), size=(BOOTSTRAP_RESAMPLES, len(x)))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def paired_difference(model: dict[str, float], other: dict[str, float]) -> dict[str, Any]:
+    """``model`` against ``other`` on the prompts both judged: per-prompt outcomes (prompt id -> mean outcome,
+    as ``evaluate_pairs`` writes them) subtracted prompt by prompt.
+
+    Returns:
+        ``difference`` (mean difference in win-rate points), ``ci`` (its 95% bootstrap interval over
+        prompts, points) and ``n`` (prompts in common).
+
+    Raises:
+        ValueError: if the two share no prompt.
+    """
+    common = sorted(model.keys() & other.keys())
+    if not common:
+        raise ValueError("the two evaluations share no judged prompt")
+    d = [100.0 * (model[i] - other[i]) for i in common]
+    return {"difference": float(np.mean(d)), "ci": list(bootstrap_interval(d)), "n": len(common)}
 
 
 def win_rate(outcomes: Sequence[float]) -> float:
@@ -73,6 +116,7 @@ def evaluate_pairs(
     baseline_num_tokens: Sequence[int] | None = None,
     model_finished: Sequence[bool] | None = None,
     baseline_finished: Sequence[bool] | None = None,
+    prompt_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Compare a model's responses with a baseline's, prompt by prompt.
 
@@ -86,10 +130,14 @@ def evaluate_pairs(
         baseline_num_tokens: the same for the baseline.
         model_finished: per response, whether it ended with EOS (False: cut at max_new_tokens), when known.
         baseline_finished: the same for the baseline.
+        prompt_ids: per comparison, the id of its prompt (comparisons of one prompt's K samples share it);
+            None: every comparison is its own prompt.
 
     Returns:
-        ``win_rate``, ``win_rate_se`` (standard error, points), ``lc_win_rate`` (lengths in characters, as
-        AlpacaEval), ``n`` (judged prompts), ``wins``, ``ties``, ``losses``, ``invalid``, and the mean
+        ``win_rate``, ``win_rate_se`` (standard error over prompts, points), ``win_rate_ci`` (95% bootstrap
+        interval over prompts, points), ``outcomes`` (prompt id -> mean outcome of its judged comparisons, for
+        :func:`paired_difference`), ``prompts`` (prompts judged), ``lc_win_rate`` (lengths in characters, as
+        AlpacaEval), ``n`` (judged comparisons), ``wins``, ``ties``, ``losses``, ``invalid``, and the mean
         response lengths ``mean_words_model``, ``mean_words_baseline`` (and ``mean_tokens_*`` when given), and
         the share of responses that ended with EOS, ``eos_rate_model`` and ``eos_rate_baseline`` (when the
         ``*_finished`` flags are given: a falling EOS rate is the mark of length hacking). Lengths and EOS
@@ -107,9 +155,19 @@ def evaluate_pairs(
     if not judged:
         raise ValueError("no comparison could be judged")
     y = _outcomes([results[i] for i in judged])
+    ids = [str(i) for i in range(len(prompts))] if prompt_ids is None else [str(i) for i in prompt_ids]
+    if len(ids) != len(prompts):
+        raise ValueError(f"{len(ids)} prompt ids for {len(prompts)} comparisons")
+    by_prompt: dict[str, list[float]] = {}
+    for i, outcome in zip(judged, y, strict=True):
+        by_prompt.setdefault(ids[i], []).append(float(outcome))
+    per_prompt = {pid: float(np.mean(v)) for pid, v in by_prompt.items()}
+    z = np.asarray(list(per_prompt.values()))
     metrics: dict[str, Any] = {
         "win_rate": float(100.0 * y.mean()),
-        "win_rate_se": float(100.0 * y.std(ddof=1) / np.sqrt(len(y))) if len(y) > 1 else 0.0,
+        "win_rate_se": float(100.0 * z.std(ddof=1) / np.sqrt(len(z))) if len(z) > 1 else 0.0,
+        "win_rate_ci": [100.0 * v for v in bootstrap_interval(z)],
+        "prompts": len(z),
         "lc_win_rate": length_controlled_win_rate(
             y, [len(model_responses[i]) for i in judged], [len(baseline_responses[i]) for i in judged]
         ),
@@ -120,6 +178,7 @@ def evaluate_pairs(
         "invalid": len(results) - len(y),
         "mean_words_model": float(np.mean([len(r.split()) for r in model_responses])),
         "mean_words_baseline": float(np.mean([len(r.split()) for r in baseline_responses])),
+        "outcomes": per_prompt,
     }
     if model_num_tokens is not None:
         metrics["mean_tokens_model"] = float(np.mean(model_num_tokens))

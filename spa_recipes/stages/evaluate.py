@@ -1,7 +1,9 @@
 """eval: a model's responses on the hold-out prompts, compared with the baseline's under the evaluator.
 
 For an iteration it also measures the self-labels' agreement with the evaluator (gold, in the toy world):
-the share of the iteration's pairs whose chosen response the evaluator prefers (ties count half).
+the share of the iteration's pairs whose chosen response the evaluator prefers (ties count half), the share the
+evaluator ties (both responses equally good to it: no label can be right or wrong there), and the agreement on
+the others, the decisive pairs (where a judge at chance scores 50).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         baseline_num_tokens=[n for row in baseline for n in row["num_tokens"]],
         model_finished=[f for row in rows for f in row["finished"]],
         baseline_finished=[f for row in baseline for f in row["finished"]],
+        prompt_ids=[str(row["id"]) for row in rows for _ in range(k)],
     )
     stage = ctx.stage
     metrics.update(
@@ -41,11 +44,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if ctx.has_input("pairs"):
         pairs = read_jsonl(ctx.input("pairs"))
         outcomes = compare([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs])
-        judged = [o for o in outcomes if o is not None]
-        metrics["agreement_with_gold"] = 100.0 * sum(judged) / len(judged) if judged else None
-        metrics["pairs_judged"] = len(judged)
+        metrics.update(agreement([o for o in outcomes if o is not None]))
     write_json_atomic(ctx.output("eval"), metrics)
     return {k: v for k, v in metrics.items() if k in {"win_rate", "lc_win_rate", "n", "agreement_with_gold"}}
+
+
+def agreement(outcomes: list[float]) -> dict[str, Any]:
+    """The evaluator's verdicts on self-labelled pairs (1: it prefers the chosen, 0.5: tie, 0: the rejected) as
+    ``agreement_with_gold`` (ties half), ``gold_ties`` and ``agreement_decisive`` (on the pairs it does not tie),
+    in percent (None where there is nothing to count), and ``pairs_judged``."""
+    decisive = [o for o in outcomes if o != 0.5]
+    return {
+        "agreement_with_gold": _percent(sum(outcomes), len(outcomes)),
+        "gold_ties": _percent(len(outcomes) - len(decisive), len(outcomes)),
+        "agreement_decisive": _percent(sum(decisive), len(decisive)),
+        "pairs_judged": len(outcomes),
+    }
+
+
+def _percent(part: float, whole: int) -> float | None:
+    return 100.0 * part / whole if whole else None
 
 
 # What generating the hold-out responses reads (eval_baseline reads the same).
