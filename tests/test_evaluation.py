@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spa_recipes.evaluation import evaluate_pairs, judge_compare, length_controlled_win_rate, win_rate
+from spa_recipes.evaluation import (
+    bootstrap_interval,
+    evaluate_pairs,
+    judge_compare,
+    length_controlled_win_rate,
+    paired_difference,
+    win_rate,
+)
+from spa_recipes.stages.evaluate import agreement
 
 
 def test_win_rate_counts_ties_as_half() -> None:
@@ -103,6 +111,66 @@ def test_evaluate_pairs_reports_rates_lengths_and_invalid() -> None:
     assert metrics["win_rate_se"] > 0
     with pytest.raises(ValueError, match="no comparison"):
         evaluate_pairs(prompts[:1], [""], ["a"], longer_wins)
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_prompts() -> None:
+    rng = np.random.default_rng(3)
+    small, large = rng.binomial(1, 0.6, 50).astype(float), rng.binomial(1, 0.6, 800).astype(float)
+    lo, hi = bootstrap_interval(small)
+    assert lo < small.mean() < hi and bootstrap_interval(small) == (lo, hi)  # deterministic
+    lo_l, hi_l = bootstrap_interval(large)
+    assert lo_l < large.mean() < hi_l
+    # The width of a 95% interval of a proportion is about 2 x 1.96 x sqrt(p (1 - p) / n).
+    assert hi_l - lo_l == pytest.approx(2 * 1.96 * np.sqrt(large.mean() * (1 - large.mean()) / 800), rel=0.1)
+    assert hi_l - lo_l < (hi - lo) / 2
+    assert bootstrap_interval([0.5]) == (0.5, 0.5)
+    with pytest.raises(ValueError):
+        bootstrap_interval([])
+
+
+def test_paired_difference_removes_what_the_prompts_share() -> None:
+    # Prompt difficulty varies a lot; the model beats the other by 0.1 on every prompt.
+    rng = np.random.default_rng(0)
+    other = {str(i): float(v) for i, v in enumerate(rng.uniform(0.0, 0.9, 300))}
+    model = {k: v + 0.1 for k, v in other.items()} | {"only_model": 1.0}
+    paired = paired_difference(model, other)
+    assert paired["n"] == 300 and paired["difference"] == pytest.approx(10.0)
+    assert paired["ci"][0] == pytest.approx(10.0) and paired["ci"][1] == pytest.approx(10.0)
+    # Unpaired, the same gap would drown in the prompts' spread: each win rate's own interval is ~6 points wide.
+    lo, hi = bootstrap_interval(list(other.values()))
+    assert 100 * (hi - lo) > 5
+    noisy = paired_difference({k: 1.0 - v for k, v in other.items()}, other)
+    assert noisy["ci"][0] < noisy["difference"] < noisy["ci"][1]
+    with pytest.raises(ValueError, match="share no"):
+        paired_difference({"a": 1.0}, {"b": 0.0})
+
+
+def test_evaluate_pairs_averages_a_prompts_samples() -> None:
+    prompts = [[{"role": "user", "content": f"q{i // 2}"}] for i in range(6)]  # 3 prompts x 2 samples
+    model = ["a b c", "a", "a b c", "a b c", "", "a b c"]
+    baseline = ["a b"] * 6
+    metrics = evaluate_pairs(prompts, model, baseline, longer_wins, prompt_ids=["p0", "p0", "p1", "p1", "p2", "p2"])
+    assert metrics["outcomes"] == {"p0": 0.5, "p1": 1.0, "p2": 1.0}  # p2's first sample could not be judged
+    assert metrics["prompts"] == 3 and metrics["n"] == 5
+    assert metrics["win_rate"] == pytest.approx(80.0)
+    assert metrics["win_rate_se"] == pytest.approx(100 * np.std([0.5, 1, 1], ddof=1) / np.sqrt(3))
+    lo, hi = metrics["win_rate_ci"]
+    assert 50.0 <= lo <= hi <= 100.0
+    with pytest.raises(ValueError, match="prompt ids"):
+        evaluate_pairs(prompts, model, baseline, longer_wins, prompt_ids=["p0"])
+
+
+def test_agreement_separates_gold_ties_from_decisive_pairs() -> None:
+    # 10 pairs: gold ties 6 of them; of the 4 it decides, the judge's chosen is gold's on 1.
+    verdicts = [0.5] * 6 + [1.0, 0.0, 0.0, 0.0]
+    assert agreement(verdicts) == {
+        "agreement_with_gold": pytest.approx(40.0),
+        "gold_ties": pytest.approx(60.0),
+        "agreement_decisive": pytest.approx(25.0),
+        "pairs_judged": 10,
+    }
+    assert agreement([0.5, 0.5])["agreement_decisive"] is None
+    assert agreement([])["agreement_with_gold"] is None
 
 
 class WordCountJudge:

@@ -69,13 +69,15 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def win_rate_table(markdown: str) -> dict[str, tuple[float, float, float]]:
-    """model -> (win rate, its s.e., LC win rate) from report.md's win-rate table (1 decimal)."""
+def win_rate_table(markdown: str) -> dict[str, tuple[float, list[float], str, float]]:
+    """model -> (win rate, its 95% interval, the gain-over-seed-DPO cell, LC win rate) from report.md's win-rate
+    table (1 decimal)."""
     rows = {}
     for line in markdown.splitlines():
-        match = re.match(r"\| (\S+) \| \d+ \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) \|", line)
+        match = re.match(r"\| (\S+) \| \d+ \| ([\d.]+) \[([\d.]+), ([\d.]+)\] \| ([^|]+) \| ([\d.]+) \|", line)
         if match:
-            rows[match.group(1)] = (float(match.group(2)), float(match.group(3)), float(match.group(4)))
+            _, rate, low, high, gain, lc = match.groups()
+            rows[match.group(1)] = (float(rate), [float(low), float(high)], gain.strip(), float(lc))
     return rows
 
 
@@ -105,6 +107,8 @@ def test_report_numbers_are_results_json(tiny_run: tuple[Path, str]) -> None:
             "evaluator",
             "win_rate",
             "win_rate_se",
+            "win_rate_ci",
+            "gain_over_seed_dpo",
             "lc_win_rate",
             "n",
             "mean_words",
@@ -119,11 +123,26 @@ def test_report_numbers_are_results_json(tiny_run: tuple[Path, str]) -> None:
         finished = [f for row in responses for f in row["finished"]]
         assert m["eos_rate"] == evaluated["eos_rate_model"] == pytest.approx(sum(finished) / len(finished))
         assert m["baseline_eos_rate"] == evaluated["eos_rate_baseline"]
+        # Per prompt: id -> mean outcome of its samples.
+        assert sorted(evaluated["outcomes"]) == sorted(row["id"] for row in responses)
+        assert m["win_rate_ci"] == evaluated["win_rate_ci"]
+        assert m["win_rate_ci"][0] <= m["win_rate"] <= m["win_rate_ci"][1]
+        seed_dpo = json.loads((run_dir / "eval_seed_dpo" / "eval.json").read_text())["outcomes"]
+        if m["iteration"] == 0:
+            assert m["gain_over_seed_dpo"] is None
+        else:
+            gain = m["gain_over_seed_dpo"]
+            by_hand = [100 * (evaluated["outcomes"][k] - seed_dpo[k]) for k in seed_dpo]
+            assert gain["n"] == len(seed_dpo) and gain["difference"] == pytest.approx(sum(by_hand) / len(by_hand))
+            assert gain["ci"][0] <= gain["difference"] <= gain["ci"][1]
     table = win_rate_table((run_dir / "report.md").read_text())
     assert set(table) == {m["model"] for m in results["models"]}
     assert len({m["win_rate"] for m in results["models"]} | {m["lc_win_rate"] for m in results["models"]}) > 2
     for m in results["models"]:
-        assert table[m["model"]] == (round(m["win_rate"], 1), round(m["win_rate_se"], 1), round(m["lc_win_rate"], 1))
+        g = m["gain_over_seed_dpo"]
+        gain = "-" if g is None else f"{g['difference']:+.1f} [{g['ci'][0]:.1f}, {g['ci'][1]:.1f}]"
+        interval = [round(v, 1) for v in m["win_rate_ci"]]
+        assert table[m["model"]] == (round(m["win_rate"], 1), interval, gain, round(m["lc_win_rate"], 1))
     assert [it["iteration"] for it in results["iterations"]] == [1, 2]
     manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
     markdown = (run_dir / "report.md").read_text()
@@ -131,6 +150,11 @@ def test_report_numbers_are_results_json(tiny_run: tuple[Path, str]) -> None:
         i = it["iteration"]
         counts = json.loads((run_dir / f"iter{i}_pairs" / "counts.json").read_text())
         assert it["pairs"] == counts and 0 <= it["agreement_with_gold"] <= 100
+        evaluated = json.loads((run_dir / f"iter{i}_eval" / "eval.json").read_text())
+        assert (it["gold_ties"], it["agreement_decisive"]) == (evaluated["gold_ties"], evaluated["agreement_decisive"])
+        ties, decisive = it["gold_ties"] / 100, it["agreement_decisive"]
+        # Ties count half in the overall agreement: it is the mix of 50 on the ties and the decisive pairs' rate.
+        assert it["agreement_with_gold"] == pytest.approx(ties * 50 + (1 - ties) * (decisive or 0.0))
         assert it["eos_rate"] == manifest[f"iter{i}_generate"]["summary"]["eos_rate"]
         assert it["truncated_share"] == pytest.approx(1 - it["eos_rate"])
         assert it["chosen_truncated_share"] == counts["chosen_truncated"] / counts["pairs"]

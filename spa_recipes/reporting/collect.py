@@ -15,6 +15,7 @@ import yaml
 
 from spa_recipes.atomic import is_complete, loads_json, read_jsonl
 from spa_recipes.errors import UserError
+from spa_recipes.evaluation import paired_difference
 from spa_recipes.reporting.length_hacking import truncation
 
 
@@ -124,9 +125,12 @@ def collect_run(run_dir: Path | str, stage_names: list[str] | None = None) -> Ru
 def _results(
     run_dir: Path, name: str, baseline: str, stages: list[str], manifest: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """The results.json content: per evaluated model its win rates; per iteration its pairs, agreement and
-    truncation (EOS rates and truncated shares are None where an older run did not record them)."""
+    """The results.json content: per evaluated model its win rates, with the 95% interval over prompts and, after
+    iteration 0, the paired gain over the seed-DPO model; per iteration its pairs, agreement and truncation (the
+    interval, gain, EOS rates, truncated shares and the gold-tie figures are None where an older run did not record
+    them)."""
     models: list[dict[str, Any]] = []
+    outcomes: dict[int, dict[str, float]] = {}
     merged: dict[int, dict[str, Any]] = {}
     samples: dict[int, dict[str, Any]] = {}
     for stage in stages:
@@ -141,6 +145,7 @@ def _results(
                     "evaluator": m["evaluator"],
                     "win_rate": m["win_rate"],
                     "win_rate_se": m["win_rate_se"],
+                    "win_rate_ci": m.get("win_rate_ci"),
                     "lc_win_rate": m["lc_win_rate"],
                     "n": m["n"],
                     "mean_words": m["mean_words_model"],
@@ -149,10 +154,11 @@ def _results(
                     "baseline_eos_rate": m.get("eos_rate_baseline"),
                 }
             )
+            if m.get("outcomes"):
+                outcomes[m["iteration"]] = m["outcomes"]
             if m["iteration"] > 0:
-                merged.setdefault(m["iteration"], {"iteration": m["iteration"]})["agreement_with_gold"] = m.get(
-                    "agreement_with_gold"
-                )
+                row = merged.setdefault(m["iteration"], {"iteration": m["iteration"]})
+                row.update({k: m.get(k) for k in ("agreement_with_gold", "gold_ties", "agreement_decisive")})
         elif entry.get("kind") == "pairs" and counts_json.is_file():
             i = int(entry["iteration"])
             merged.setdefault(i, {"iteration": i})["pairs"] = loads_json(counts_json.read_text())
@@ -163,6 +169,9 @@ def _results(
     for i, row in merged.items():
         row.update(truncation(samples.get(i), row.get("pairs")))
     models.sort(key=lambda m: m["iteration"])
+    for m in models:
+        seed_dpo, own = outcomes.get(0), outcomes.get(m["iteration"])
+        m["gain_over_seed_dpo"] = paired_difference(own, seed_dpo) if m["iteration"] and seed_dpo and own else None
     return {"run": name, "baseline": baseline, "models": models, "iterations": [merged[i] for i in sorted(merged)]}
 
 

@@ -39,14 +39,20 @@ def _image(name: str, plots: dict[str, Path], base: Path) -> list[str]:
     return ["", f"![{PLOT_TITLES.get(name, name)}]({plots[name].relative_to(base).as_posix()})"]
 
 
+def _interval(ci: list[float] | None) -> str:
+    return "" if ci is None else f" [{ci[0]:.1f}, {ci[1]:.1f}]"
+
+
 def win_rate_rows(results: dict[str, Any]) -> list[list[str]]:
-    """The win-rate table's rows: model, iteration, WR ± s.e., LC WR, WR − LC, n, mean words, baseline words,
-    EOS rate, baseline EOS rate (the share of responses that ended; "-" for runs from before it was kept)."""
+    """The win-rate table's rows: model, iteration, WR [95% interval] (± s.e. for runs from before intervals),
+    the paired gain over seed DPO [95% interval], LC WR, WR − LC, n, mean words, baseline words, EOS rate, baseline
+    EOS rate (the share of responses that ended; "-" for runs from before it was kept)."""
     return [
         [
             m["model"],
             str(m["iteration"]),
-            f"{m['win_rate']:.1f} ± {m['win_rate_se']:.1f}",
+            f"{m['win_rate']:.1f}" + (_interval(ci) if (ci := m.get("win_rate_ci")) else f" ± {m['win_rate_se']:.1f}"),
+            "-" if not (g := m.get("gain_over_seed_dpo")) else f"{g['difference']:+.1f}{_interval(g['ci'])}",
             f"{m['lc_win_rate']:.1f}",
             f"{m['win_rate'] - m['lc_win_rate']:+.1f}",
             str(m["n"]),
@@ -87,6 +93,8 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
         "## Win rate",
         "",
         f"Against the {results['baseline']} model (ties count half); iteration 0 is the seed-DPO model. "
+        "Brackets: 95% bootstrap interval over prompts (the evaluation's noise, not the training's: other run seeds "
+        "measure that). Gain over seed DPO: the iteration's win rate minus the seed-DPO model's, paired by prompt. "
         "LC = length-controlled: a large WR − LC gap means the wins come with longer responses; "
         "EOS rate = share of responses that ended rather than being cut at max_new_tokens.",
         "",
@@ -97,6 +105,7 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
                 "model",
                 "iteration",
                 "win rate",
+                "gain over seed DPO",
                 "LC win rate",
                 "WR − LC",
                 "n",
@@ -122,6 +131,8 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
                 str(pairs.get("pairs", "-")),
                 str(pairs.get("kept_tie", "-")),
                 _num(it.get("agreement_with_gold")),
+                _num(it.get("gold_ties")),
+                _num(it.get("agreement_decisive")),
                 _num(100 * flagged[i] if i in flagged else None),
                 _num(_last(train, "loss"), ".4f"),
                 _num(_last(train, "reward_accuracy"), ".2f"),
@@ -131,8 +142,10 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
         "",
         "## Self-labelling per iteration",
         "",
-        "Pairs the judge labelled, how often its chosen response is the one the evaluator prefers, the share "
-        "of pairs the noise detector flagged (mean over the training steps) and the end of training.",
+        "Pairs the judge labelled, how often its chosen response is the one the evaluator prefers (ties half), "
+        "the share of pairs the evaluator ties (no label is right or wrong there), the agreement on the rest "
+        "(decisive pairs: 50 is chance), the share of pairs the noise detector flagged (mean over the training "
+        "steps) and the end of training.",
         "",
     ]
     lines += _table(
@@ -141,6 +154,8 @@ def render_run(data: RunData, plots: dict[str, Path]) -> str:
             "pairs",
             "ties kept",
             "agreement with gold (%)",
+            "gold ties (%)",
+            "agreement, decisive pairs (%)",
             "flagged (%)",
             "final loss",
             "final reward accuracy",

@@ -120,14 +120,14 @@ def plot_win_rate(data: RunData, path: Path) -> Path | None:
     fig, axes = _figure()
     ax = axes[0][0]
     its = [m["iteration"] for m in models]
-    ax.errorbar(
-        its,
-        [m["win_rate"] for m in models],
-        yerr=[m["win_rate_se"] for m in models],
-        marker="o",
-        capsize=3,
-        label="win rate (± 1 s.e.)",
-    )
+    rates = [m["win_rate"] for m in models]
+    if all(m.get("win_rate_ci") for m in models):  # runs from before intervals have the standard error only
+        low, high = zip(*(m["win_rate_ci"] for m in models), strict=True)
+        yerr = [[r - lo for r, lo in zip(rates, low, strict=True)], [hi - r for r, hi in zip(rates, high, strict=True)]]
+        label = "win rate (95% interval over prompts)"
+    else:
+        yerr, label = [m["win_rate_se"] for m in models], "win rate (± 1 s.e.)"
+    ax.errorbar(its, rates, yerr=yerr, marker="o", capsize=3, label=label)
     ax.plot(its, [m["lc_win_rate"] for m in models], marker="s", linestyle="--", label="length-controlled win rate")
     baseline = data.results["baseline"]
     ax.axhline(50, color="black", linewidth=1, linestyle=":", label=f"{baseline} (baseline) = 50")
