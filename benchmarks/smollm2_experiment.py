@@ -260,6 +260,45 @@ def tables(summaries: dict[tuple[int, int], dict[str, Any]], seeds: list[int], s
     return "\n".join(lines)
 
 
+def plot(summaries: dict[tuple[int, int], dict[str, Any]], path: Path) -> None:
+    """Two panels: each run's gain over seed-only DPO per iteration with its 95% interval; the self-labels'
+    agreement with gold on the iteration's decisive pairs and the labelling model's on held-out decisive pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (gain_ax, judge_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for k, ((seed, size), summary) in enumerate(sorted(summaries.items(), key=lambda kv: (kv[0][1], kv[0][0]))):
+        models = [m for m in summary["models"] if m["iteration"] > 0]
+        x = [m["iteration"] + 0.06 * (k - len(summaries) / 2) for m in models]
+        gains = [m["gain_over_seed_dpo"] for m in models]
+        y = [g["difference"] for g in gains]
+        errors = [
+            [max(0.0, v - g["ci"][0]) for v, g in zip(y, gains, strict=True)],
+            [max(0.0, g["ci"][1] - v) for v, g in zip(y, gains, strict=True)],
+        ]
+        line = gain_ax.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=f"seed {seed}, {size} pairs")
+        its = [it["iteration"] for it in summary["iterations"]]
+        color = line[0].get_color()
+        judge_ax.plot(its, [it["agreement_decisive"] for it in summary["iterations"]], marker="o", color=color)
+        judge_ax.plot(
+            its, [it["agreement_held_out"] for it in summary["iterations"]], marker="s", linestyle="--", color=color
+        )
+    gain_ax.axhline(0, color="black", linewidth=1, linestyle=":")
+    gain_ax.set(xlabel="SPA iteration", ylabel="gain over seed-only DPO (win-rate points)", xticks=[1, 2, 3])
+    gain_ax.set_title("Gain over seed-only DPO, 95% interval over prompts")
+    gain_ax.legend(fontsize=8)
+    judge_ax.axhline(50, color="black", linewidth=1, linestyle=":")
+    judge_ax.set(
+        xlabel="SPA iteration (labelled by the model before it)", ylabel="agreement with gold (%)", xticks=[1, 2, 3]
+    )
+    judge_ax.set_title("Implicit judge on decisive pairs: the iteration's (o), held-out (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 1])
@@ -291,6 +330,7 @@ def main() -> None:
         (seed, size): json.loads((args.out / run_name(seed, size) / SUMMARY).read_text()) for seed, size in plan
     }
     (args.out / "summary.json").write_text(json.dumps({run_name(*k): v for k, v in summaries.items()}, indent=1))
+    plot(summaries, args.out / "smollm2_experiment.png")
     seeds = list(dict.fromkeys(seed for seed, _ in plan))
     print(tables(summaries, seeds, list(dict.fromkeys(size for _, size in plan))))
     command = "python benchmarks/smollm2_experiment.py " + " ".join(sys.argv[1:])
