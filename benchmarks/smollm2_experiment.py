@@ -118,6 +118,8 @@ def judge_diagnostics(run_dir: Path) -> dict[int, dict[str, float | None]]:
     policy_only = judge.model_copy(update={"reference": "none", "previous_scores": False, "length_normalize": False})
     logps: dict[int, list[list[float]]] = {}
     for i, path in paths.items():
+        if i == recipe.iterations:
+            continue  # the last model labels nothing
         scorer = ImplicitRewardJudge(
             policy_only,
             JudgeContext(
@@ -306,7 +308,8 @@ def main() -> None:
     parser.add_argument(
         "--runs", nargs="+", metavar="SEED:SIZE", help="only these (run seed, seed size) runs, in this order"
     )
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once (each gets cores / jobs torch threads)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once")
+    parser.add_argument("--threads", type=int, help="torch threads of each run (default: cores / jobs)")
     parser.add_argument("--override", nargs="*", default=[], help="recipe overrides applied to every run")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "smollm2_experiment")
     parser.add_argument("--summarise", type=Path, help=argparse.SUPPRESS)  # one finished run: its summary file
@@ -315,7 +318,7 @@ def main() -> None:
         (args.summarise / SUMMARY).write_text(json.dumps(run_summary(args.summarise)))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     # Seed sizes outer: every seed of the shipped setting (the first size) finishes before the next size starts.
     plan = [(seed, size) for size in args.seed_sizes for seed in args.seeds]
     if args.runs:
