@@ -40,11 +40,12 @@ from spa_recipes.evaluation import bootstrap_interval
 from spa_recipes.judges.config import ImplicitJudgeConfig
 from spa_recipes.judges.implicit import ImplicitRewardJudge
 from spa_recipes.recipe import load_recipe
+from spa_recipes.reporting import collect_run
 from spa_recipes.rules.world import RulePrompts, gold_score, parse_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/smollm2_spa_cpu.yaml"
-SUMMARY = "experiment_summary.json"  # in each run's folder
+DIAGNOSTICS = "judge_diagnostics.json"  # in each run's folder: judge_diagnostics(), once per run
 Row = dict[str, Any]
 
 
@@ -53,9 +54,9 @@ def run_name(seed: int, seed_size: int) -> str:
 
 
 def launch(seed: int, seed_size: int, out: Path, threads: int, overrides: list[str]) -> tuple[str, float]:
-    """One run through the CLI (resumed when its folder holds an unfinished one), then its summary with the judge
-    diagnostics (:func:`run_summary`, once: it loads every model of the run) in a process of its own with the same
-    thread count; the run's name and wall seconds."""
+    """One run through the CLI (resumed when its folder holds an unfinished one), then its judge diagnostics
+    (:func:`judge_diagnostics`, once: it loads every model of the run) in a process of its own with the same thread
+    count; the run's name and wall seconds."""
     name = run_name(seed, seed_size)
     run_dir = out / name
     cmd = [sys.executable, "-m", "spa_recipes", "run", RECIPE, f"run.seed={seed}", f"split.seed_size={seed_size}"]
@@ -64,7 +65,7 @@ def launch(seed: int, seed_size: int, out: Path, threads: int, overrides: list[s
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.time()
     for command in (cmd, summarise):
-        if command is summarise and (run_dir / SUMMARY).is_file():
+        if command is summarise and (run_dir / DIAGNOSTICS).is_file():
             break
         with (out / f"{name}.log").open("a") as log:
             result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -162,9 +163,10 @@ def judge_diagnostics(run_dir: Path) -> dict[int, dict[str, float | None]]:
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
-    """A finished run's numbers: per model its win rate and interval, the paired gain over seed DPO and the
-    per-prompt differences behind it; per iteration the self-labels' agreement figures and the diagnostics."""
-    results = json.loads((run_dir / "results.json").read_text())
+    """A finished run's numbers (read with the report's own code, so a run finished by older code reads the same):
+    per model its win rate and interval, the paired gain over seed DPO and the per-prompt differences behind it;
+    per iteration the self-labels' agreement figures and the judge diagnostics."""
+    results = collect_run(run_dir).results
     seed_outcomes = json.loads((run_dir / "eval_seed_dpo" / "eval.json").read_text())["outcomes"]
     models = []
     for m in results["models"]:
@@ -175,9 +177,9 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         models.append({k: m.get(k) for k in keep} | {"differences": differences})
     keep = ("iteration", "agreement_with_gold", "gold_ties", "agreement_decisive")
     iterations = [{k: it.get(k) for k in keep} for it in results["iterations"]]
-    diagnostics = judge_diagnostics(run_dir)
+    diagnostics = json.loads((run_dir / DIAGNOSTICS).read_text())
     for it in iterations:
-        it.update(diagnostics[it["iteration"]])
+        it.update(diagnostics[str(it["iteration"])])
     return {"models": models, "iterations": iterations}
 
 
@@ -315,7 +317,7 @@ def main() -> None:
     parser.add_argument("--summarise", type=Path, help=argparse.SUPPRESS)  # one finished run: its summary file
     args = parser.parse_args()
     if args.summarise:
-        (args.summarise / SUMMARY).write_text(json.dumps(run_summary(args.summarise)))
+        (args.summarise / DIAGNOSTICS).write_text(json.dumps(judge_diagnostics(args.summarise)))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -326,12 +328,10 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         for name, took in pool.map(lambda p: launch(*p, args.out, threads, args.override), plan):
             print(f"{name}: {took:.0f} s", file=sys.stderr)
-    missing = [run_name(*p) for p in plan if not (args.out / run_name(*p) / SUMMARY).is_file()]
+    missing = [run_name(*p) for p in plan if not (args.out / run_name(*p) / DIAGNOSTICS).is_file()]
     if missing:
-        sys.exit(f"no summary for {', '.join(missing)}: see their logs in {args.out}, then run this again")
-    summaries = {
-        (seed, size): json.loads((args.out / run_name(seed, size) / SUMMARY).read_text()) for seed, size in plan
-    }
+        sys.exit(f"no judge diagnostics for {', '.join(missing)}: see their logs in {args.out}, then run this again")
+    summaries = {(seed, size): run_summary(args.out / run_name(seed, size)) for seed, size in plan}
     (args.out / "summary.json").write_text(json.dumps({run_name(*k): v for k, v in summaries.items()}, indent=1))
     plot(summaries, args.out / "smollm2_experiment.png")
     seeds = list(dict.fromkeys(seed for seed, _ in plan))
