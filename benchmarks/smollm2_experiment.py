@@ -6,8 +6,8 @@
 
 Each (run seed, seed size) is one run of recipes/smollm2_spa_cpu.yaml through the real CLI (``run.seed``,
 ``split.seed_size``; everything else as shipped: 200 evaluation prompts x 2 samples). ``--jobs 2`` runs two at
-once, each with one torch thread (on 2 cores, two single-threaded runs finish sooner than two two-threaded runs one
-after the other). A finished run is skipped, an unfinished one resumed. Then, per run:
+once, each with cores / jobs torch threads (``--threads`` to set it); ``--runs 42:32 7:32 1:32`` picks runs. A finished
+run is skipped, an unfinished one resumed. Then, per run:
 
 - the gain of each SPA iteration over seed-only DPO (the run's own iteration 0) in gold win rate against the SFT
   model, paired by prompt, with its 95% bootstrap interval over prompts (``spa_recipes.evaluation``);
